@@ -1,0 +1,195 @@
+"""k-nearest neighbours and neighbourhood reductions for batches of point sets.
+
+All functions work on any device. On CPU with numba, the selection and the gathers run in the
+fused kernels of :mod:`pretext3d._kernels`; elsewhere (GPU, or ``PRETEXT3D_NO_NUMBA=1``) they
+run as chunked torch code. Memory stays bounded: distances are formed ``rows x N`` at a time
+and no ``(B, M, k, C)`` tensor is ever built.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pretext3d import _kernels
+
+__all__ = ["knn", "gather_max", "gather_sum", "neighbour_counts", "uses_fast_kernels"]
+
+_CHUNK_BYTES = 16 * 2**20  # size of one block of distances: cache-friendly, bounded for large N
+
+
+def uses_fast_kernels(tensor: Tensor) -> bool:
+    """Whether operations on ``tensor`` run in the numba CPU kernels."""
+    return _kernels.AVAILABLE and tensor.device.type == "cpu"
+
+
+def _rows_per_chunk(n_ref: int, itemsize: int = 4) -> int:
+    return max(1, _CHUNK_BYTES // max(1, n_ref * itemsize))
+
+
+def knn(points: Tensor, k: int, query: Tensor | None = None, sorted: bool = False) -> Tensor:
+    """Indices of the ``k`` nearest ``points`` (squared Euclidean distance) of each query.
+
+    points: (B, N, C) reference set;  query: (B, M, C), defaults to ``points`` (then every point
+    is its own nearest neighbour, as in DGCNN);  returns (B, M, k) int64 indices into N.
+    With ``sorted=False`` the k indices come in no particular order (cheaper); with
+    ``sorted=True`` nearest first. Ties are broken arbitrarily.
+    """
+    if points.dim() != 3:
+        raise ValueError(f"knn expects points of shape (B, N, C), got {tuple(points.shape)}")
+    query = points if query is None else query
+    if query.dim() != 3 or query.shape[0] != points.shape[0] or query.shape[2] != points.shape[2]:
+        raise ValueError(f"query {tuple(query.shape)} does not match points {tuple(points.shape)}")
+    n_batch, n_ref, _ = points.shape
+    if not 1 <= k <= n_ref:
+        raise ValueError(f"k={k} must be between 1 and the number of points ({n_ref})")
+    with torch.no_grad():
+        points = points.detach()
+        query = query.detach()
+        if points.dtype not in (torch.float32, torch.float64):
+            points, query = points.float(), query.float()
+        ref_sq = (points * points).sum(-1)  # (B, N)
+        if uses_fast_kernels(points):
+            idx = _knn_cpu_kernel(points.float(), query.float(), ref_sq.float(), k)
+        else:
+            idx = _knn_torch(points, query, ref_sq, k)
+        if sorted:
+            d = _squared_distances_at(points, query, idx)
+            idx = idx.gather(-1, d.argsort(dim=-1))
+    return idx
+
+
+def _knn_cpu_kernel(points: Tensor, query: Tensor, ref_sq: Tensor, k: int) -> Tensor:
+    _kernels.set_threads(torch.get_num_threads())
+    n_batch, n_query = query.shape[:2]
+    out = torch.empty(n_batch, n_query, k, dtype=torch.int64)
+    rows = _rows_per_chunk(points.shape[1])
+    for b in range(n_batch):
+        ref_t = points[b].t()
+        sq = ref_sq[b].contiguous().numpy()
+        for s in range(0, n_query, rows):
+            gram = torch.mm(query[b, s : s + rows], ref_t)
+            _kernels.knn_select_from_gram(gram.numpy(), sq, k, out[b, s : s + rows].numpy())
+    return out
+
+
+def _knn_torch(points: Tensor, query: Tensor, ref_sq: Tensor, k: int) -> Tensor:
+    n_batch, n_query = query.shape[:2]
+    out = torch.empty(n_batch, n_query, k, dtype=torch.int64, device=points.device)
+    rows = _rows_per_chunk(points.shape[1])
+    ref_t = points.transpose(1, 2)
+    for s in range(0, n_query, rows):
+        # key = |r|^2 - 2 q.r ranks references like |q - r|^2 (|q|^2 is constant per row)
+        key = torch.baddbmm(ref_sq[:, None, :], query[:, s : s + rows], ref_t, alpha=-2.0)
+        out[:, s : s + rows] = key.topk(k, dim=-1, largest=False, sorted=False).indices
+    return out
+
+
+def _squared_distances_at(points: Tensor, query: Tensor, idx: Tensor) -> Tensor:
+    """|query_i - points_idx[i, j]|^2: (B, M, k), computed without a (B, M, k, C) tensor."""
+    ref_sq = (points * points).sum(-1)
+    q_sq = (query * query).sum(-1, keepdim=True)
+    cross = torch.einsum("bmc,bmkc->bmk", query, _gather_rows(points, idx))
+    return q_sq + ref_sq.gather(1, idx.flatten(1)).view_as(idx) - 2 * cross
+
+
+def _gather_rows(values: Tensor, idx: Tensor) -> Tensor:
+    """values[b, idx[b, i, j]] as (B, M, k, C). Only for small slices (sorting, fallbacks)."""
+    n_batch, n_query, k = idx.shape
+    flat = idx.reshape(n_batch, n_query * k, 1).expand(-1, -1, values.shape[-1])
+    return values.gather(1, flat).view(n_batch, n_query, k, values.shape[-1])
+
+
+def neighbour_counts(idx: Tensor, n_points: int) -> Tensor:
+    """How often each point appears as a neighbour. idx: (B, M, k) -> counts (B, n_points)."""
+    n_batch = idx.shape[0]
+    offsets = torch.arange(n_batch, device=idx.device).view(-1, 1, 1) * n_points
+    counts = torch.bincount((idx + offsets).flatten(), minlength=n_batch * n_points)
+    return counts.view(n_batch, n_points)
+
+
+def gather_max(values: Tensor, idx: Tensor) -> Tensor:
+    """Max over each neighbourhood: out[b, i, c] = max_j values[b, idx[b, i, j], c].
+
+    values: (B, N, C);  idx: (B, M, k)  ->  (B, M, C). Differentiable in ``values``: the
+    gradient goes to the neighbour that attained the maximum (one of them on ties).
+    """
+    _check_gather_args(values, idx)
+    if uses_fast_kernels(values):
+        return _GatherMaxCPU.apply(values, idx)
+    return _chunked_over_queries(values, idx, lambda g: g.max(dim=2).values)
+
+
+def gather_sum(values: Tensor, idx: Tensor) -> Tensor:
+    """Sum over each neighbourhood: out[b, i, c] = sum_j values[b, idx[b, i, j], c].
+
+    values: (B, N, C);  idx: (B, M, k)  ->  (B, M, C). Differentiable in ``values``.
+    """
+    _check_gather_args(values, idx)
+    if uses_fast_kernels(values):
+        return _GatherSumCPU.apply(values, idx)
+    return _chunked_over_queries(values, idx, lambda g: g.sum(dim=2))
+
+
+def _check_gather_args(values: Tensor, idx: Tensor) -> None:
+    if values.dim() != 3 or idx.dim() != 3 or values.shape[0] != idx.shape[0]:
+        raise ValueError(
+            f"expected values (B, N, C) and idx (B, M, k), got {tuple(values.shape)} and {tuple(idx.shape)}"
+        )
+
+
+def _chunked_over_queries(values: Tensor, idx: Tensor, reduce) -> Tensor:
+    """Apply ``reduce`` to (B, rows, k, C) gathered slices, a bounded number of rows at a time."""
+    n_batch, n_query, k = idx.shape
+    per_row = n_batch * k * values.shape[-1] * values.element_size()
+    rows = max(1, _CHUNK_BYTES // max(1, per_row))
+    parts = [reduce(_gather_rows(values, idx[:, s : s + rows])) for s in range(0, n_query, rows)]
+    return torch.cat(parts, dim=1)
+
+
+class _GatherMaxCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values: Tensor, idx: Tensor) -> Tensor:  # type: ignore[override]
+        _kernels.set_threads(torch.get_num_threads())
+        values_c = values.detach().contiguous()
+        if values_c.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"gather_max supports float32/float64 on CPU, got {values_c.dtype}")
+        idx_c = idx.contiguous()
+        out = values_c.new_empty(idx.shape[0], idx.shape[1], values.shape[2])
+        if ctx.needs_input_grad[0]:
+            arg = torch.empty(out.shape, dtype=torch.int32)  # half the memory of int64
+            _kernels.gather_max_arg(values_c.numpy(), idx_c.numpy(), out.numpy(), arg.numpy())
+            ctx.save_for_backward(arg)
+            ctx.n_points = values.shape[1]
+        else:
+            _kernels.gather_max(values_c.numpy(), idx_c.numpy(), out.numpy())
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        (arg,) = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_values = grad_out.new_zeros(grad_out.shape[0], ctx.n_points, grad_out.shape[2])
+        _kernels.scatter_max_grad(grad_out.numpy(), arg.numpy(), grad_values.numpy())
+        return grad_values, None
+
+
+class _GatherSumCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values: Tensor, idx: Tensor) -> Tensor:  # type: ignore[override]
+        _kernels.set_threads(torch.get_num_threads())
+        values_c = values.detach().contiguous()
+        idx_c = idx.contiguous()
+        out = values_c.new_empty(idx.shape[0], idx.shape[1], values.shape[2])
+        _kernels.gather_sum(values_c.numpy(), idx_c.numpy(), out.numpy())
+        ctx.save_for_backward(idx_c)
+        ctx.n_points = values.shape[1]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_values = grad_out.new_zeros(grad_out.shape[0], ctx.n_points, grad_out.shape[2])
+        _kernels.scatter_sum_grad(grad_out.numpy(), idx.numpy(), grad_values.numpy())
+        return grad_values, None
