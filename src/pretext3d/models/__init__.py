@@ -1,0 +1,45 @@
+"""Point backbones, heads and the reference-weight importer. Backbones are found by name."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from pretext3d.models.dgcnn import DGCNN, DGCNNSeg
+from pretext3d.models.edgeconv import EdgeConv
+from pretext3d.models.layers import EncoderWithHead, PointFeatures, ProjectionHead
+from pretext3d.models.pointnet import PointNet, PointNetPointwise
+from pretext3d.models.reference import REFERENCES, detect_reference, load_reference, read_state_dict
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "pointnet": PointNet,
+    "dgcnn": DGCNN,
+    "pointnet-pointwise": PointNetPointwise,
+    "dgcnn-seg": DGCNNSeg,
+}
+
+
+def build_backbone(name: str, **config: Any) -> nn.Module:
+    """Instantiate a backbone by name (see ``BACKBONES``) with keyword configuration."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name](**config)
+
+
+__all__ = [
+    "BACKBONES",
+    "DGCNN",
+    "DGCNNSeg",
+    "EdgeConv",
+    "EncoderWithHead",
+    "PointFeatures",
+    "PointNet",
+    "PointNetPointwise",
+    "ProjectionHead",
+    "REFERENCES",
+    "build_backbone",
+    "detect_reference",
+    "load_reference",
+    "read_state_dict",
+]

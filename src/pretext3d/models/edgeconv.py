@@ -1,0 +1,160 @@
+"""EdgeConv (Wang et al., DGCNN) in two implementations that compute the same function.
+
+For a point i with neighbours j in N(i) (k nearest, including i itself) and features x:
+
+    out_i = max_{j in N(i)}  act(BN(W [x_j - x_i ; x_i]))          (one layer)
+
+``impl="plain"`` builds the edge tensor (B, 2C, N, k) and applies Conv2d/BN/LeakyReLU/max as
+the paper describes. ``impl="fast"`` never builds it:
+
+* the 1x1 convolution splits as W [x_j - x_i ; x_i] = W_a x_j + (W_b - W_a) x_i = y_j + z_i,
+  with y = x W_a^T and z = x (W_b - W_a)^T computed once per point;
+* BatchNorm is a per-channel affine map s e + t and LeakyReLU is increasing, so
+  max_j act(s (y_j + z_i) + t) = act(|s| max_j(sign(s) y_j) + s z_i + t): the maximum is taken
+  over the per-point values y (a fused gather-max), before BN and the activation;
+* in training, BN needs the mean and (biased) variance of e_ij = y_j + z_i over all B N k
+  edges. With c_p the number of times point p is somebody's neighbour, y0 = y - ybar and
+  z0 = z - zbar (ybar = sum_p c_p y_p / (BNk), zbar = mean_i z_i):
+      mean = ybar + zbar
+      var  = (sum_p c_p y0_p^2 + 2 sum_i z0_i sum_{j in N(i)} y0_j + k sum_i z0_i^2) / (BNk)
+  which needs only per-point sums (a gather-sum), not the edge tensor.
+
+Gradients flow through all of it (the max sends its gradient to the winning neighbour, as the
+plain max does). Blocks with several convolutions before the max (DGCNN's segmentation network)
+use the split for the first convolution and materialise the later ones, chunked in eval mode.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pretext3d.geometry.neighbors import _CHUNK_BYTES, _gather_rows, gather_max, gather_sum, neighbour_counts
+from pretext3d.models.layers import LEAKY_SLOPE, activation, bn_eval_affine, bn_update_factor
+
+__all__ = ["EdgeConv", "EdgeImpl", "edge_batch_stats"]
+
+EdgeImpl = Literal["fast", "plain"]
+
+
+def edge_batch_stats(y: Tensor, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of e_ij = y_j + z_i over all edges (formula above).
+
+    y, z: (B, N, C);  idx: (B, N, k)  ->  mean (C,), var (C,).
+    """
+    n_batch, n_points, _ = y.shape
+    k = idx.shape[-1]
+    n_edges = n_batch * n_points * k
+    counts = neighbour_counts(idx, n_points).to(y.dtype).unsqueeze(-1)  # (B, N, 1)
+    y_bar = (counts * y).sum(dim=(0, 1)) / n_edges
+    z_bar = z.mean(dim=(0, 1))
+    y0, z0 = y - y_bar, z - z_bar
+    neighbour_sum = gather_sum(y0, idx)  # (B, N, C)
+    var = ((counts * y0 * y0).sum(dim=(0, 1)) + 2 * (z0 * neighbour_sum).sum(dim=(0, 1))
+           + k * (z0 * z0).sum(dim=(0, 1))) / n_edges
+    return y_bar + z_bar, var.clamp_min(0)
+
+
+class EdgeConv(nn.Module):
+    """EdgeConv block: ``len(widths)`` 1x1 convolutions (no bias) + BN + LeakyReLU(0.2) on the
+    edge features [x_j - x_i ; x_i], then max over the k neighbours.
+
+    x: (B, N, C_in), idx: (B, N, k) neighbour indices  ->  (B, N, widths[-1]).
+    Parameters: ``layers[l]`` is a Linear(in, out, bias=False) (the conv weight) and ``bns[l]``
+    its BatchNorm; the first layer's input columns are [x_j - x_i ; x_i].
+    """
+
+    def __init__(self, in_channels: int, widths: Sequence[int], impl: EdgeImpl = "fast"):
+        super().__init__()
+        dims = [2 * in_channels, *widths]
+        self.in_channels = in_channels
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(dims[:-1], dims[1:]))
+        self.bns = nn.ModuleList(nn.BatchNorm1d(b) for b in widths)
+        self.impl: EdgeImpl = impl
+
+    def forward(self, x: Tensor, idx: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(f"EdgeConv expects {self.in_channels} input channels, got {x.shape[-1]}")
+        if self.impl == "plain":
+            return self._forward_plain(x, idx)
+        if self.impl != "fast":
+            raise ValueError(f"unknown EdgeConv impl {self.impl!r}")
+        y, z = self._split_first_layer(x)
+        if len(self.layers) == 1:
+            return self._forward_fast_single(y, z, idx)
+        return self._forward_fast_stack(y, z, idx)
+
+    def _split_first_layer(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """y = x W_a^T (neighbour term) and z = x (W_b - W_a)^T (centre term): (B, N, O) each."""
+        w = self.layers[0].weight
+        c = self.in_channels
+        w_nb, w_ctr = w[:, :c], w[:, c:] - w[:, :c]
+        return torch.matmul(x, w_nb.t()), torch.matmul(x, w_ctr.t())
+
+    def _bn_affine(self, bn: nn.BatchNorm1d, y: Tensor, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """BatchNorm of the edge values as scale, shift (C,), updating running stats in training."""
+        if not self.training:
+            return bn_eval_affine(bn)
+        mean, var = edge_batch_stats(y, z, idx)
+        n_edges = idx.numel()
+        factor = bn_update_factor(bn)
+        with torch.no_grad():
+            unbiased = var * (n_edges / max(n_edges - 1, 1))
+            bn.running_mean.mul_(1 - factor).add_(factor * mean.detach())
+            bn.running_var.mul_(1 - factor).add_(factor * unbiased.detach())
+        scale = bn.weight * torch.rsqrt(var + bn.eps)
+        return scale, bn.bias - mean * scale
+
+    def _forward_fast_single(self, y: Tensor, z: Tensor, idx: Tensor) -> Tensor:
+        scale, shift = self._bn_affine(self.bns[0], y, z, idx)
+        sign = torch.where(scale < 0, -1.0, 1.0).to(y.dtype).detach()
+        best = gather_max(y * sign, idx)  # max_j sign(s) y_j, per channel
+        pre = scale.abs() * best + scale * z + shift
+        return activation(pre, "leaky_relu")
+
+    def _forward_fast_stack(self, y: Tensor, z: Tensor, idx: Tensor) -> Tensor:
+        if self.training:
+            return self._stack_tail(_gather_rows(y, idx) + z.unsqueeze(2))
+        n_batch, n_points, k = idx.shape
+        widest = max(b.num_features for b in self.bns)
+        rows = max(1, _CHUNK_BYTES // max(1, n_batch * k * widest * y.element_size()))
+        parts = []
+        for s in range(0, n_points, rows):
+            edges = _gather_rows(y, idx[:, s : s + rows]) + z[:, s : s + rows].unsqueeze(2)
+            parts.append(self._stack_tail(edges))
+        return torch.cat(parts, dim=1)
+
+    def _stack_tail(self, edges: Tensor) -> Tensor:
+        """Edges (B, M, k, O1) after the first linear map -> BN/act, later layers, max over k."""
+        h = edges
+        for layer_index, bn in enumerate(self.bns):
+            if layer_index > 0:
+                h = torch.matmul(h, self.layers[layer_index].weight.t())
+            h = activation(self._batch_norm_rows(bn, h), "leaky_relu")
+        return h.amax(dim=2) if not torch.is_grad_enabled() else h.max(dim=2).values
+
+    def _batch_norm_rows(self, bn: nn.BatchNorm1d, h: Tensor) -> Tensor:
+        """BatchNorm over all leading dimensions of (..., C) (BatchNorm2d on (B, C, N, k))."""
+        if not self.training:
+            scale, shift = bn_eval_affine(bn)
+            return h * scale + shift
+        factor = bn_update_factor(bn)
+        flat = F.batch_norm(h.reshape(-1, h.shape[-1]), bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                            training=True, momentum=factor, eps=bn.eps)
+        return flat.view_as(h)
+
+    def _forward_plain(self, x: Tensor, idx: Tensor) -> Tensor:
+        """The paper's form: edge tensor (B, 2C, N, k) -> Conv2d -> BN2d -> LeakyReLU -> max."""
+        neighbours = _gather_rows(x, idx)  # (B, N, k, C)
+        centres = x.unsqueeze(2).expand_as(neighbours)
+        h = torch.cat([neighbours - centres, centres], dim=3).permute(0, 3, 1, 2).contiguous()
+        for layer, bn in zip(self.layers, self.bns):
+            h = F.conv2d(h, layer.weight[:, :, None, None])
+            factor = bn_update_factor(bn) if self.training else 0.0
+            h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                             training=self.training, momentum=factor, eps=bn.eps)
+            h = F.leaky_relu(h, LEAKY_SLOPE)
+        return h.max(dim=-1).values.transpose(1, 2)

@@ -1,0 +1,103 @@
+"""PointNet (Qi et al. 2017) without the input/feature transform nets, as used by CrossPoint."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pretext3d.models.layers import PointFeatures, PointwiseBlock, Pooling, pool_points
+
+__all__ = ["PointNet", "PointNetPointwise"]
+
+
+def _join(points: Tensor, features: Tensor | None) -> Tensor:
+    if points.dim() != 3 or points.shape[-1] != 3:
+        raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
+    if features is None:
+        return points
+    if features.shape[:2] != points.shape[:2]:
+        raise ValueError(f"features {tuple(features.shape)} do not match points {tuple(points.shape)}")
+    return torch.cat([points, features], dim=-1)
+
+
+class PointNet(nn.Module):
+    """Global PointNet encoder: shared layers 64-64-64-128-``emb_dims`` (Linear+BN+ReLU per point),
+    then pooling over points (concat(max, avg) by default; CrossPoint's own PointNet uses max).
+
+    points: (B, N, 3), features: optional (B, N, F)  ->  PointFeatures(global_ (B, D),
+    local (B, N, emb_dims), centres = points).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        widths: Sequence[int] = (64, 64, 64, 128),
+        emb_dims: int = 1024,
+        pooling: Pooling = "max+avg",
+    ):
+        super().__init__()
+        dims = [in_channels, *widths, emb_dims]
+        self.layers = nn.ModuleList(PointwiseBlock(a, b, act="relu") for a, b in zip(dims[:-1], dims[1:]))
+        self.in_channels = in_channels
+        self.emb_dims = emb_dims
+        self.pooling: Pooling = pooling
+
+    @property
+    def global_dim(self) -> int:
+        return self.emb_dims * (2 if self.pooling == "max+avg" else 1)
+
+    def forward(self, points: Tensor, features: Tensor | None = None) -> PointFeatures:
+        x = _join(points, features)
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(f"PointNet built for {self.in_channels} input channels, got {x.shape[-1]}")
+        for layer in self.layers:
+            x = layer(x)
+        return PointFeatures(global_=pool_points(x, self.pooling), local=x, centres=points)
+
+
+class PointNetPointwise(nn.Module):
+    """Point-wise PointNet (the segmentation layout, as in DeepGMR/ParAE): an encoder of shared
+    layers, the max-pooled encoder output appended to every point, a decoder of shared layers
+    and a final linear map to ``num_outputs`` values per point.
+
+    points: (B, N, 3), features: optional (B, N, F)  ->  PointFeatures(global_ (B, D) pooled
+    encoder output, local (B, N, encoder_widths[-1]), centres = points,
+    point_logits (B, N, num_outputs)).
+    """
+
+    def __init__(
+        self,
+        num_outputs: int = 32,
+        in_channels: int = 3,
+        encoder_widths: Sequence[int] = (64, 128, 256, 64),
+        decoder_widths: Sequence[int] = (512, 256, 128),
+        pooling: Pooling = "max",
+    ):
+        super().__init__()
+        enc = [in_channels, *encoder_widths]
+        self.encoder = nn.ModuleList(PointwiseBlock(a, b, act="relu") for a, b in zip(enc[:-1], enc[1:]))
+        dec = [2 * encoder_widths[-1], *decoder_widths]
+        self.decoder = nn.ModuleList(PointwiseBlock(a, b, act="relu") for a, b in zip(dec[:-1], dec[1:]))
+        self.classifier = nn.Linear(dec[-1], num_outputs)
+        self.in_channels = in_channels
+        self.pooling: Pooling = pooling
+        self.local_dim = encoder_widths[-1]
+
+    @property
+    def global_dim(self) -> int:
+        return self.local_dim * (2 if self.pooling == "max+avg" else 1)
+
+    def forward(self, points: Tensor, features: Tensor | None = None) -> PointFeatures:
+        x = _join(points, features)
+        for layer in self.encoder:
+            x = layer(x)
+        local = x
+        context = local.amax(dim=1, keepdim=True).expand_as(local)
+        h = torch.cat([local, context], dim=-1)
+        for layer in self.decoder:
+            h = layer(h)
+        return PointFeatures(
+            global_=pool_points(local, self.pooling), local=local, centres=points, point_logits=self.classifier(h)
+        )
