@@ -235,22 +235,45 @@ if AVAILABLE:
                 for c in range(ch):
                     o[c] += src[c]
 
-    @njit(parallel=True, cache=True)
-    def scatter_sum_grad(grad_out, idx, grad_values):  # pragma: no cover - compiled
-        """grad_values[b, idx[b, i, j], c] += grad_out[b, i, c]  (grad_values zero-filled)."""
+    @njit(cache=True)
+    def reverse_neighbourhoods(idx, n_points, offsets, sources):  # pragma: no cover - compiled
+        """The transposed graph as CSR, by a counting sort of the edges on their target point.
+
+        idx: (B, M, k) neighbours of M queries among n_points;  offsets: (B*n_points + 1,) and
+        sources: (B*M*k,) outputs: the queries (as b*M + i) that have point q = b*n_points + p
+        as a neighbour are sources[offsets[q]:offsets[q+1]].
+        """
         nb, m, k = idx.shape
-        ch = grad_out.shape[2]
-        cb = 16
-        n_cb = (ch + cb - 1) // cb
-        for t in prange(nb * n_cb):
-            b = t // n_cb
-            c0 = (t - b * n_cb) * cb
-            c1 = min(ch, c0 + cb)
+        offsets[:] = 0
+        for b in range(nb):
             for i in range(m):
                 for j in range(k):
-                    p = idx[b, i, j]
-                    for c in range(c0, c1):
-                        grad_values[b, p, c] += grad_out[b, i, c]
+                    offsets[b * n_points + idx[b, i, j] + 1] += 1
+        for q in range(nb * n_points):
+            offsets[q + 1] += offsets[q]
+        fill = offsets[:-1].copy()
+        for b in range(nb):
+            for i in range(m):
+                for j in range(k):
+                    q = b * n_points + idx[b, i, j]
+                    sources[fill[q]] = b * m + i
+                    fill[q] += 1
+
+    @njit(parallel=True, cache=True)
+    def csr_row_sum(values, offsets, sources, out):  # pragma: no cover - compiled
+        """out[q] = sum over e in [offsets[q], offsets[q+1]) of values[sources[e]].
+
+        values: (R, C);  out: (Q, C). Each output row is owned by one thread: no write races.
+        """
+        ch = values.shape[1]
+        for q in prange(out.shape[0]):
+            o = out[q]
+            for c in range(ch):
+                o[c] = 0.0
+            for e in range(offsets[q], offsets[q + 1]):
+                src = values[sources[e]]
+                for c in range(ch):
+                    o[c] += src[c]
 
     @njit(cache=True)
     def _fps_one(points, start, out):  # pragma: no cover - compiled

@@ -10,8 +10,10 @@ the paper describes. ``impl="fast"`` never builds it:
 * the 1x1 convolution splits as W [x_j - x_i ; x_i] = W_a x_j + (W_b - W_a) x_i = y_j + z_i,
   with y = x W_a^T and z = x (W_b - W_a)^T computed once per point;
 * BatchNorm is a per-channel affine map s e + t and LeakyReLU is increasing, so
-  max_j act(s (y_j + z_i) + t) = act(|s| max_j(sign(s) y_j) + s z_i + t): the maximum is taken
-  over the per-point values y (a fused gather-max), before BN and the activation;
+  max_j act(s (y_j + z_i) + t) = act(max_j (s y_j) + s z_i + t): the maximum is taken over the
+  per-point values s y (a fused gather-max) before the activation. Scaling y by s first makes a
+  negative BN scale (where the max of s e comes from the min of e) need no special case; in eval
+  mode s and t fold into the weights;
 * in training, BN needs the mean and (biased) variance of e_ij = y_j + z_i over all B N k
   edges. With c_p the number of times point p is somebody's neighbour, y0 = y - ybar and
   z0 = z - zbar (ybar = sum_p c_p y_p / (BNk), zbar = mean_i z_i):
@@ -82,22 +84,41 @@ class EdgeConv(nn.Module):
             return self._forward_plain(x, idx)
         if self.impl != "fast":
             raise ValueError(f"unknown EdgeConv impl {self.impl!r}")
-        y, z = self._split_first_layer(x)
-        if len(self.layers) == 1:
-            return self._forward_fast_single(y, z, idx)
-        return self._forward_fast_stack(y, z, idx)
+        if len(self.layers) > 1:
+            return self._forward_fast_stack(*self._split_first_layer(x), idx)
+        if self.training:
+            return self._forward_fast_train(x, idx)
+        return self._forward_fast_eval(x, idx)
+
+    def _split_weights(self) -> tuple[Tensor, Tensor]:
+        """W_a (acting on x_j) and W_b - W_a (acting on x_i) of the first layer: (O, C) each."""
+        w = self.layers[0].weight
+        c = self.in_channels
+        return w[:, :c], w[:, c:] - w[:, :c]
 
     def _split_first_layer(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """y = x W_a^T (neighbour term) and z = x (W_b - W_a)^T (centre term): (B, N, O) each."""
-        w = self.layers[0].weight
-        c = self.in_channels
-        w_nb, w_ctr = w[:, :c], w[:, c:] - w[:, :c]
+        w_nb, w_ctr = self._split_weights()
         return torch.matmul(x, w_nb.t()), torch.matmul(x, w_ctr.t())
 
-    def _bn_affine(self, bn: nn.BatchNorm1d, y: Tensor, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """BatchNorm of the edge values as scale, shift (C,), updating running stats in training."""
-        if not self.training:
-            return bn_eval_affine(bn)
+    def _forward_fast_eval(self, x: Tensor, idx: Tensor) -> Tensor:
+        """BN (s e + t) folded into the weights: out_i = act(max_j (s W_a x_j) + s (W_b - W_a) x_i + t).
+
+        max_j of s y_j equals |s| max_j sign(s) y_j, so negative BN scales need no special case.
+        """
+        scale, shift = bn_eval_affine(self.bns[0])
+        w_nb, w_ctr = self._split_weights()
+        flat = x.reshape(-1, x.shape[-1])
+        y = torch.mm(flat, (w_nb * scale[:, None]).t()).view(*x.shape[:2], -1)
+        z = torch.addmm(shift, flat, (w_ctr * scale[:, None]).t()).view_as(y)
+        out = gather_max(y, idx)
+        out = out.add_(z) if not torch.is_grad_enabled() else out + z
+        return activation(out, "leaky_relu")
+
+    def _forward_fast_train(self, x: Tensor, idx: Tensor) -> Tensor:
+        """Batch statistics of the edge values from per-point sums, then the same folded form."""
+        bn = self.bns[0]
+        y, z = self._split_first_layer(x)
         mean, var = edge_batch_stats(y, z, idx)
         n_edges = idx.numel()
         factor = bn_update_factor(bn)
@@ -106,14 +127,8 @@ class EdgeConv(nn.Module):
             bn.running_mean.mul_(1 - factor).add_(factor * mean.detach())
             bn.running_var.mul_(1 - factor).add_(factor * unbiased.detach())
         scale = bn.weight * torch.rsqrt(var + bn.eps)
-        return scale, bn.bias - mean * scale
-
-    def _forward_fast_single(self, y: Tensor, z: Tensor, idx: Tensor) -> Tensor:
-        scale, shift = self._bn_affine(self.bns[0], y, z, idx)
-        sign = torch.where(scale < 0, -1.0, 1.0).to(y.dtype).detach()
-        best = gather_max(y * sign, idx)  # max_j sign(s) y_j, per channel
-        pre = scale.abs() * best + scale * z + shift
-        return activation(pre, "leaky_relu")
+        shift = bn.bias - mean * scale
+        return activation(gather_max(y * scale, idx) + (z * scale + shift), "leaky_relu")
 
     def _forward_fast_stack(self, y: Tensor, z: Tensor, idx: Tensor) -> Tensor:
         if self.training:
