@@ -1,0 +1,1 @@
+"""Small utilities: progress reporting, atomic file writes, hashing."""
