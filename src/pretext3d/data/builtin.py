@@ -38,14 +38,18 @@ __all__ = [
 PART_NAMES: dict[str, list[str]] = {
     "airplane": ["fuselage", "wings", "tail", "engines"],
     "bed": ["frame", "mattress", "headboard", "pillow"],
+    "bench": ["seat", "legs", "back"],
     "bottle": ["body", "neck", "cap"],
     "car": ["body", "cabin", "wheels"],
     "chair": ["seat", "back", "legs", "arms"],
+    "desk": ["top", "legs", "drawers"],
     "lamp": ["base", "pole", "shade"],
     "mug": ["body", "handle"],
     "shelf": ["frame", "shelves"],
     "sofa": ["seat", "back", "arms"],
+    "stool": ["seat", "legs", "footrest"],
     "table": ["top", "legs"],
+    "vase": ["body", "rim"],
 }
 CLASSES: list[str] = sorted(PART_NAMES)
 
@@ -96,6 +100,12 @@ class _Builder:
         transform = np.eye(4)
         transform[:3, 3] = np.asarray(base_center) + [0, 0, height / 2]
         self.add(tc.annulus(r_min=r_in, r_max=r_out, height=height, sections=24, transform=transform), part)
+
+    def lathe(self, part: str, profile, base_z: float = 0.0, sections: int = 24) -> None:
+        """A surface of revolution about the z axis; profile: (P, 2) rows of (radius, height)."""
+        mesh = tc.revolve(np.asarray(profile, dtype=np.float64), sections=sections)
+        mesh.apply_translation([0, 0, base_z])
+        self.add(mesh, part)
 
     def build(self) -> Mesh:
         vertices, faces, labels, offset = [], [], [], 0
@@ -307,16 +317,109 @@ def _sofa(r: np.random.Generator) -> Mesh:
     return b.build()
 
 
+def _bench(r: np.random.Generator) -> Mesh:
+    b = _Builder("bench")
+    length, depth, height, t = r.uniform(0.9, 1.8), r.uniform(0.28, 0.45), r.uniform(0.38, 0.5), r.uniform(0.03, 0.07)
+    if r.random() < 0.5:  # plank seat
+        n = int(r.integers(2, 5))
+        for y in np.linspace(-depth / 2 + depth / (2 * n), depth / 2 - depth / (2 * n), n):
+            b.box("seat", [0, y, height - t / 2], [length, depth / n * 0.85, t])
+    else:
+        b.box("seat", [0, 0, height - t / 2], [length, depth, t])
+    if r.random() < 0.5:  # two panel legs
+        for sx in (-1, 1):
+            b.box("legs", [sx * (length / 2 - 0.08), 0, (height - t) / 2], [0.04, depth * 0.9, height - t])
+    else:
+        _legs(b, "legs", length / 2 - 0.06, depth / 2 - 0.04, height - t, r.uniform(0.03, 0.06), round_=r.random() < 0.5)
+    if r.random() < 0.35:
+        back_h = r.uniform(0.2, 0.4)
+        b.box("back", [0, -depth / 2, height + back_h / 2 + 0.05], [length, 0.03, back_h])
+        for sx in (-1, 1):
+            b.box("back", [sx * (length / 2 - 0.08), -depth / 2, height + 0.05], [0.03, 0.03, 0.12])
+    return b.build()
+
+
+def _stool(r: np.random.Generator) -> Mesh:
+    b = _Builder("stool")
+    height, radius, t = r.uniform(0.45, 0.8), r.uniform(0.15, 0.25), r.uniform(0.03, 0.06)
+    if r.random() < 0.7:
+        b.rod("seat", [0, 0, height - t], [0, 0, height], radius, sections=24)
+    else:
+        b.box("seat", [0, 0, height - t / 2], [2 * radius, 2 * radius, t])
+    if r.random() < 0.25:  # pedestal
+        b.rod("legs", [0, 0, 0.03], [0, 0, height - t], r.uniform(0.02, 0.05))
+        b.rod("legs", [0, 0, 0], [0, 0, 0.03], radius * r.uniform(0.9, 1.3), sections=24)
+        foot_r = radius * 0.6
+    else:
+        n_legs, splay = int(r.integers(3, 5)), r.uniform(0.0, 0.12)
+        for a in np.linspace(0, 2 * math.pi, n_legs, endpoint=False) + r.uniform(0, math.pi):
+            top = [0.75 * radius * math.cos(a), 0.75 * radius * math.sin(a), height - t]
+            foot = [(0.75 * radius + splay) * math.cos(a), (0.75 * radius + splay) * math.sin(a), 0.0]
+            b.rod("legs", foot, top, r.uniform(0.012, 0.025), sections=10)
+        foot_r = 0.75 * radius + splay * 0.6
+    if r.random() < 0.5:
+        b.ring("footrest", [0, 0, height * r.uniform(0.25, 0.4)], foot_r, 0.012, axis="z")
+    return b.build()
+
+
+def _desk(r: np.random.Generator) -> Mesh:
+    b = _Builder("desk")
+    width, depth, height, t = r.uniform(1.0, 1.6), r.uniform(0.5, 0.8), r.uniform(0.68, 0.78), r.uniform(0.025, 0.05)
+    b.box("top", [0, 0, height - t / 2], [width, depth, t])
+    cab_w = r.uniform(0.3, 0.5)
+    sides = [-1, 1] if r.random() < 0.35 else [int(r.choice([-1, 1]))]
+    for sx in sides:
+        x = sx * (width / 2 - cab_w / 2)
+        b.box("drawers", [x, 0, (height - t) / 2], [cab_w, depth * 0.95, height - t])
+        n = int(r.integers(2, 5))
+        for z in np.linspace(0.1, height - t - 0.1, n):
+            b.box("drawers", [x, depth * 0.48, z], [cab_w * 0.4, 0.02, 0.02])  # handles
+    if len(sides) == 1:
+        x = -sides[0] * (width / 2 - 0.04)
+        if r.random() < 0.5:
+            b.box("legs", [x, 0, (height - t) / 2], [0.04, depth * 0.9, height - t])
+        else:
+            for sy in (-1, 1):
+                b.box("legs", [x, sy * (depth / 2 - 0.04), (height - t) / 2], [0.05, 0.05, height - t])
+    return b.build()
+
+
+def _vase(r: np.random.Generator) -> Mesh:
+    b = _Builder("vase")
+    height = r.uniform(0.5, 1.2)
+    base_r = r.uniform(0.1, 0.25)
+    belly_r, belly_z = r.uniform(0.15, 0.4), r.uniform(0.25, 0.6) * height
+    neck_r, neck_z = r.uniform(0.05, 0.15), r.uniform(0.7, 0.9) * height
+    lip_r = neck_r * r.uniform(1.0, 1.8)
+    profile = [[0, 0], [base_r, 0], [belly_r, belly_z], [neck_r, neck_z], [lip_r, height]]
+    b.lathe("body", profile)
+    b.ring("rim", [0, 0, height], lip_r, r.uniform(0.01, 0.03), axis="z")
+    return b.build()
+
+
 _MAKERS: dict[str, Callable[[np.random.Generator], Mesh]] = {
-    "airplane": _airplane, "bed": _bed, "bottle": _bottle, "car": _car, "chair": _chair,
-    "lamp": _lamp, "mug": _mug, "shelf": _shelf, "sofa": _sofa, "table": _table,
+    "airplane": _airplane, "bed": _bed, "bench": _bench, "bottle": _bottle, "car": _car, "chair": _chair,
+    "desk": _desk, "lamp": _lamp, "mug": _mug, "shelf": _shelf, "sofa": _sofa, "stool": _stool,
+    "table": _table, "vase": _vase,
 }
 
 
+POSE_YAW_DEGREES = 15.0  # objects stay roughly aligned, as in ModelNet, but not exactly
+POSE_SCALE = 0.15  # per-axis stretch of the whole object, 1 +- this
+
+
 def make_shape(class_name: str, seed: int | np.random.Generator) -> Mesh:
-    """One random object of ``class_name`` as a Mesh with face part labels."""
+    """One random object of ``class_name`` as a Mesh with face part labels: the class's
+    generator, then a random stretch of the whole object (per axis, 1 +- POSE_SCALE) and a
+    random turn about the up axis (+- POSE_YAW_DEGREES)."""
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    return _MAKERS[class_name](rng).validate(f"builtin {class_name}")
+    mesh = _MAKERS[class_name](rng)
+    yaw = math.radians(rng.uniform(-POSE_YAW_DEGREES, POSE_YAW_DEGREES))
+    c, s = math.cos(yaw), math.sin(yaw)
+    turn = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    stretch = np.diag(rng.uniform(1 - POSE_SCALE, 1 + POSE_SCALE, 3))
+    mesh.vertices = mesh.vertices @ (turn @ stretch).T
+    return mesh.validate(f"builtin {class_name}")
 
 
 def builtin_meshes(seed: int = 0, per_class: int = 50) -> list[tuple[Mesh, int, str]]:

@@ -78,13 +78,13 @@ class PointCloudDataset(Dataset):
 
     def load_all(self, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """All clouds as one array (S', N, 3) and their labels (S',); S' < S only when a lazy
-        dataset skips malformed files."""
+        dataset skips malformed files (items with an "error")."""
         items = range(len(self))
         if progress:
             from pretext3d.utils.progress import progress_bar
 
             items = progress_bar(items, desc=f"loading {self.split}", unit="cloud")
-        loaded = [(item["points"], item["label"]) for item in map(self.__getitem__, items) if item is not None]
+        loaded = [(item["points"], item["label"]) for item in map(self.__getitem__, items) if "error" not in item]
         return np.stack([p for p, _ in loaded]), np.array([lab for _, lab in loaded], dtype=np.int64)
 
 
@@ -150,8 +150,9 @@ class ArrayPointClouds(PointCloudDataset):
 class LazyPointClouds(PointCloudDataset):
     """Clouds read from one file each when asked for (``loader(path, index) -> (M, 3|6)``).
 
-    With ``on_error="skip"``, a malformed file yields ``None`` instead of raising (batch jobs
-    drop it and report ``errors``); with ``"raise"`` the DataFormatError propagates.
+    With ``on_error="skip"``, a malformed file yields ``{"index": i, "error": message}``
+    instead of raising (batch jobs drop and report it); with ``"raise"`` the DataFormatError
+    propagates.
     """
 
     def __init__(
@@ -175,12 +176,12 @@ class LazyPointClouds(PointCloudDataset):
         self.loader, self.num_points, self.has_normals = loader, num_points, has_normals
         self.on_error = on_error
 
-    def __getitem__(self, i: int) -> dict | None:
+    def __getitem__(self, i: int) -> dict:
         try:
             cloud = self.loader(self.files[i], i)
-        except DataFormatError:
+        except DataFormatError as err:
             if self.on_error == "skip":
-                return None
+                return {"index": i, "error": str(err)}
             raise
         item = {"points": np.ascontiguousarray(cloud[:, :3], dtype=np.float32), "label": int(self.labels[i]), "index": i}
         if self.has_normals:
@@ -205,11 +206,9 @@ class SubsetPointClouds(PointCloudDataset):
         self.source = f"{base.source} ({tag})"
         self.num_points, self.has_normals = base.num_points, base.has_normals
 
-    def __getitem__(self, i: int) -> dict | None:
+    def __getitem__(self, i: int) -> dict:
         item = self.base[int(self.rows[i])]
-        if item is not None:
-            item = dict(item, label=int(self.labels[i]), index=i)
-        return item
+        return dict(item, index=i) if "error" in item else dict(item, label=int(self.labels[i]), index=i)
 
     def load_all(self, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(self.base, ArrayPointClouds):

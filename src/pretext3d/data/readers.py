@@ -89,7 +89,7 @@ def detect_format(path: str | Path) -> str:
 
 def open_splits(
     path: str | Path,
-    num_points: int = 1024,
+    num_points: int | None = 1024,
     subsample: Subsample = "first",
     seed: int = 0,
     subset: str | None = None,
@@ -98,10 +98,10 @@ def open_splits(
 ) -> dict[str, PointCloudDataset]:
     """Open the train and test splits of a dataset in any supported format (detected).
 
-    num_points: points per cloud;  subsample: how pre-sampled clouds with more points are cut
+    num_points: points per cloud (None: as stored for pre-sampled formats, 1024 for meshes);  subsample: how pre-sampled clouds with more points are cut
     (first N / random / FPS);  seed: seeds random subsampling and mesh sampling;  subset:
     ``"modelnet10"`` for the 10-class view;  on_error: for folder formats read lazily, whether
-    a malformed file raises or is skipped (its item is None and batch jobs report it).
+    a malformed file raises or is skipped (its item carries an "error" and batch jobs report it).
     """
     fmt = fmt or detect_format(path)
     if fmt == "npz":
@@ -111,13 +111,13 @@ def open_splits(
     elif fmt == "normal_resampled":
         splits = _read_normal_resampled(Path(path), num_points, subsample, seed, on_error)
     elif fmt == "modelnet_meshes":
-        splits = _read_mesh_folder(Path(path), num_points, seed, on_error, modelnet_layout=True)
+        splits = _read_mesh_folder(Path(path), num_points or 1024, seed, on_error, modelnet_layout=True)
     elif fmt == "mesh_folder":
-        splits = _read_mesh_folder(Path(path), num_points, seed, on_error, modelnet_layout=False)
+        splits = _read_mesh_folder(Path(path), num_points or 1024, seed, on_error, modelnet_layout=False)
     elif fmt == "builtin":
         from pretext3d.data.builtin import builtin_splits, parse_builtin_spec
 
-        splits = builtin_splits(num_points=num_points, **parse_builtin_spec(str(path), seed))
+        splits = builtin_splits(num_points=num_points or 1024, **parse_builtin_spec(str(path), seed))
     else:
         raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if subset is not None:
@@ -130,7 +130,7 @@ def open_splits(
 # --- npz --------------------------------------------------------------------------------------
 
 
-def _read_npz(path: Path, num_points: int, subsample: Subsample, seed: int) -> dict[str, PointCloudDataset]:
+def _read_npz(path: Path, num_points: int | None, subsample: Subsample, seed: int) -> dict[str, PointCloudDataset]:
     if path.stat().st_size == 0:
         raise DataFormatError(path, "is empty")
     try:
@@ -176,7 +176,7 @@ def _read_shape_names(path: Path) -> list[str]:
     return names
 
 
-def _read_ply_hdf5(path: Path, num_points: int, subsample: Subsample, seed: int) -> dict[str, PointCloudDataset]:
+def _read_ply_hdf5(path: Path, num_points: int | None, subsample: Subsample, seed: int) -> dict[str, PointCloudDataset]:
     import h5py
 
     folder = path.parent if path.is_file() else path
@@ -248,13 +248,15 @@ def read_xyz_normal_txt(path: Path) -> np.ndarray:
     return cloud
 
 
-def _read_normal_resampled(path: Path, num_points: int, subsample: Subsample, seed: int,
+def _read_normal_resampled(path: Path, num_points: int | None, subsample: Subsample, seed: int,
                            on_error: OnError) -> dict[str, PointCloudDataset]:
     prefix = "modelnet40" if (path / "modelnet40_shape_names.txt").exists() else "modelnet10"
     classes = _read_shape_names(path / f"{prefix}_shape_names.txt")
 
     def loader(file: Path, index: int) -> np.ndarray:
         cloud = read_xyz_normal_txt(file)
+        if num_points is None:
+            return cloud
         return select_points(cloud, num_points, subsample, item_seed(seed, file.stem), str(file))
 
     out = {}
@@ -272,7 +274,8 @@ def _read_normal_resampled(path: Path, num_points: int, subsample: Subsample, se
             files.append(path / cls / f"{name}.txt")
         probe = read_xyz_normal_txt(files[0]) if files else np.zeros((0, 6))
         out[split] = LazyPointClouds(files, np.array(labels), classes, names, split, str(path), loader,
-                                     num_points, has_normals=probe.shape[1] == 6, up_axis="y", on_error=on_error)
+                                     num_points or len(probe), has_normals=probe.shape[1] == 6, up_axis="y",
+                                     on_error=on_error)
     return out
 
 

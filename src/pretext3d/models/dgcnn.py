@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from pretext3d.geometry.neighbors import knn
 from pretext3d.models.edgeconv import EdgeConv, EdgeImpl
-from pretext3d.models.layers import LEAKY_SLOPE, PointFeatures, PointwiseBlock, Pooling, pool_points
+from pretext3d.models.layers import LEAKY_SLOPE, PointFeatures, PointwiseBlock, Pooling, pointwise_and_pool
 
 __all__ = ["DGCNN", "DGCNNSeg", "SpatialTransform", "plain_knn"]
 
@@ -80,7 +80,8 @@ class DGCNN(nn.Module):
     def global_dim(self) -> int:
         return self.emb_dims * (2 if self.pooling == "max+avg" else 1)
 
-    def forward(self, points: Tensor, features: Tensor | None = None) -> PointFeatures:
+    def forward(self, points: Tensor, features: Tensor | None = None, need_local: bool = True) -> PointFeatures:
+        """need_local=False skips materialising ``local`` during inference (faster embedding)."""
         x = _split_input(points, features)
         if x.shape[-1] != self.in_channels:
             raise ValueError(f"DGCNN built for {self.in_channels} input channels, got {x.shape[-1]}")
@@ -91,8 +92,8 @@ class DGCNN(nn.Module):
                 idx = _neighbours(stages[-1], self.k, self.impl)
             x = block(x, idx)
             stages.append(x)
-        local = self.fuse(torch.cat(stages, dim=-1))
-        return PointFeatures(global_=pool_points(local, self.pooling), local=local, centres=points)
+        local, global_ = pointwise_and_pool(self.fuse, torch.cat(stages, dim=-1), self.pooling, need_local)
+        return PointFeatures(global_=global_, local=local, centres=points)
 
 
 class SpatialTransform(nn.Module):
@@ -164,7 +165,7 @@ class DGCNNSeg(nn.Module):
     def global_dim(self) -> int:
         return self.emb_dims
 
-    def forward(self, points: Tensor, categories: Tensor | None = None) -> PointFeatures:
+    def forward(self, points: Tensor, categories: Tensor | None = None, need_local: bool = True) -> PointFeatures:
         _split_input(points, None)
         x = points
         if self.transform_net is not None:

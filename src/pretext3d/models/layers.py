@@ -18,6 +18,7 @@ __all__ = [
     "bn_update_factor",
     "activation",
     "pool_points",
+    "pointwise_and_pool",
     "Pooling",
 ]
 
@@ -31,13 +32,13 @@ class PointFeatures:
     """What a point backbone returns.
 
     global_: (B, D) one vector per cloud;  local: (B, M, C) per-point (M = N for full-resolution
-    networks) features;  centres: (B, M, 3) where the local features sit;  projection: (B, P)
+    networks) features (None when the caller passed ``need_local=False``);  centres: (B, M, 3) where the local features sit;  projection: (B, P)
     output of a projection head, when the model has one;  point_logits: (B, N, J) point-wise
     outputs of segmentation/partition networks.
     """
 
     global_: Tensor
-    local: Tensor
+    local: Tensor | None
     centres: Tensor
     projection: Tensor | None = None
     point_logits: Tensor | None = None
@@ -111,10 +112,45 @@ class PointwiseBlock(nn.Module):
         if self.training:
             y = self.bn(self.linear(x2))
         else:
-            scale, shift = bn_eval_affine(self.bn)
-            bias = shift if self.linear.bias is None else shift + self.linear.bias * scale
-            y = torch.addmm(bias, x2, (self.linear.weight * scale[:, None]).t())
+            weight, bias = self.folded()
+            y = torch.addmm(bias, x2, weight.t())
         return activation(y, self.act).view(*lead, -1)
+
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """Eval-mode weight (C_out, C_in) and bias (C_out,) with BatchNorm folded in."""
+        scale, shift = bn_eval_affine(self.bn)
+        bias = shift if self.linear.bias is None else shift + self.linear.bias * scale
+        return self.linear.weight * scale[:, None], bias
+
+
+def pointwise_and_pool(
+    block: PointwiseBlock, x: Tensor, pooling: Pooling, need_local: bool = True
+) -> tuple[Tensor | None, Tensor]:
+    """block(x) and its pooling over points: x (B, N, C) -> local (B, N, O), pooled (B, O|2O).
+
+    For inference (eval mode, no autograd) the clouds go through in groups whose output fits in
+    the cache (~8 MB): the activation and the pooling read each group while it is still cached.
+    With ``need_local=False`` the (B, N, O) output is never allocated (local is None): a fresh
+    128 MB tensor costs more in page faults than the matrix product that fills it (whole
+    PointNet forward at B=32, N=1024 on 2 cores: 113 ms with local, 74 ms without).
+    """
+    if block.training or torch.is_grad_enabled():
+        local = block(x)
+        return local, pool_points(local, pooling)
+    n_batch, n_points, _ = x.shape
+    weight, bias = block.folded()
+    out_dim = weight.shape[0]
+    group = max(1, (8 << 20) // max(1, n_points * out_dim * x.element_size()))
+    local = x.new_empty(n_batch, n_points, out_dim) if need_local else None
+    scratch = None if need_local else x.new_empty(min(group, n_batch) * n_points, out_dim)
+    pooled = x.new_empty(n_batch, out_dim * (2 if pooling == "max+avg" else 1))
+    for s in range(0, n_batch, group):
+        clouds = min(group, n_batch - s)
+        flat = local[s : s + clouds].view(-1, out_dim) if local is not None else scratch[: clouds * n_points]
+        torch.addmm(bias, x[s : s + clouds].reshape(-1, x.shape[-1]), weight.t(), out=flat)
+        activation(flat, block.act)
+        pooled[s : s + clouds] = pool_points(flat.view(clouds, n_points, out_dim), pooling)
+    return local, pooled
 
 
 class ProjectionHead(nn.Module):

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from pretext3d.models.layers import PointFeatures, PointwiseBlock, Pooling, pool_points
+from pretext3d.models.layers import PointFeatures, PointwiseBlock, Pooling, pointwise_and_pool, pool_points
 
 __all__ = ["PointNet", "PointNetPointwise"]
 
@@ -48,13 +48,15 @@ class PointNet(nn.Module):
     def global_dim(self) -> int:
         return self.emb_dims * (2 if self.pooling == "max+avg" else 1)
 
-    def forward(self, points: Tensor, features: Tensor | None = None) -> PointFeatures:
+    def forward(self, points: Tensor, features: Tensor | None = None, need_local: bool = True) -> PointFeatures:
+        """need_local=False skips materialising ``local`` during inference (faster embedding)."""
         x = _join(points, features)
         if x.shape[-1] != self.in_channels:
             raise ValueError(f"PointNet built for {self.in_channels} input channels, got {x.shape[-1]}")
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             x = layer(x)
-        return PointFeatures(global_=pool_points(x, self.pooling), local=x, centres=points)
+        local, global_ = pointwise_and_pool(self.layers[-1], x, self.pooling, need_local)
+        return PointFeatures(global_=global_, local=local, centres=points)
 
 
 class PointNetPointwise(nn.Module):
@@ -89,7 +91,7 @@ class PointNetPointwise(nn.Module):
     def global_dim(self) -> int:
         return self.local_dim * (2 if self.pooling == "max+avg" else 1)
 
-    def forward(self, points: Tensor, features: Tensor | None = None) -> PointFeatures:
+    def forward(self, points: Tensor, features: Tensor | None = None, need_local: bool = True) -> PointFeatures:
         x = _join(points, features)
         for layer in self.encoder:
             x = layer(x)

@@ -1,0 +1,1 @@
+"""Training infrastructure: checkpoints, devices, distributed helpers."""

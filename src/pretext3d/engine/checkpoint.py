@@ -1,0 +1,108 @@
+"""Backbone checkpoints: safetensors weights + JSON config in the file's metadata.
+
+A pretext3d checkpoint stores the state dict of one backbone and, in the safetensors metadata,
+``{"format": "pretext3d-backbone/1", "backbone": <registry name>, "config": <JSON kwargs>,
+"extra": <JSON>}`` so that it can be rebuilt without code. Weights of the published reference
+implementations (``.pth``/``.pt`` state dicts, read with ``weights_only=True``) load too: their
+architecture is detected from the parameter names. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from pretext3d.models import build_backbone, detect_reference, load_reference, read_state_dict
+from pretext3d.utils.io import atomic_path
+
+__all__ = ["CheckpointError", "LoadedBackbone", "save_backbone", "load_backbone", "FORMAT"]
+
+FORMAT = "pretext3d-backbone/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message starts with its path."""
+
+
+@dataclass
+class LoadedBackbone:
+    model: nn.Module
+    backbone: str  # our registry name ("dgcnn", "pointnet", ...)
+    config: dict[str, Any]
+    source: str  # "pretext3d" or the reference name
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_backbone(path: str | Path, model: nn.Module, backbone: str, config: dict[str, Any],
+                  extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s weights and how to rebuild it (atomically)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "backbone": backbone, "config": json.dumps(config),
+                "extra": json.dumps(extra or {})}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return path
+
+
+def _reference_backbone_name(reference: str) -> str:
+    return "pointnet" if "pointnet" in reference else "dgcnn"
+
+
+def load_backbone(path: str | Path, expected: str | None = None, **reference_config: Any) -> LoadedBackbone:
+    """Rebuild a backbone from a pretext3d checkpoint or from reference weights.
+
+    expected: the backbone name the caller asked for (an error if the checkpoint holds another);
+    reference_config: passed to ``load_reference`` (e.g. ``k``) for reference weights.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except Exception as err:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+        if metadata.get("format") == FORMAT:
+            return _load_ours(path, metadata, expected)
+    try:
+        state = read_state_dict(path)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot be read as weights ({type(err).__name__}: {err})") from None
+    reference = detect_reference(state)
+    if reference is None:
+        raise CheckpointError(f"{path}: neither a pretext3d checkpoint nor weights of a known reference model")
+    name = _reference_backbone_name(reference)
+    if expected is not None and expected != name:
+        raise CheckpointError(f"{path}: holds a {reference} ({name}) model, not a {expected}")
+    try:
+        model = load_reference(reference, state, **reference_config)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    return LoadedBackbone(model, name, dict(reference_config), reference)
+
+
+def _load_ours(path: Path, metadata: dict[str, str], expected: str | None) -> LoadedBackbone:
+    from safetensors.torch import load_file
+
+    name = metadata["backbone"]
+    if expected is not None and expected != name:
+        raise CheckpointError(f"{path}: holds a {name} backbone, not a {expected}")
+    config = json.loads(metadata.get("config", "{}"))
+    model = build_backbone(name, **config)
+    result = model.load_state_dict(load_file(str(path)), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: weights do not fit {name}({config}): missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    return LoadedBackbone(model.eval(), name, config, "pretext3d", json.loads(metadata.get("extra", "{}")))

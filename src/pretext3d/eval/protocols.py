@@ -1,0 +1,171 @@
+"""Evaluation protocols run end to end: data -> backbone -> features (cached) -> metric -> report."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretext3d.data.readers import detect_format, open_splits
+from pretext3d.engine.checkpoint import load_backbone
+from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
+from pretext3d.eval.features import Features, calibrate_batchnorm, extract_features
+from pretext3d.eval.linear_svm import DEFAULT_C_GRID, fit_linear_svm
+from pretext3d.models import build_backbone
+from pretext3d.utils.device import resolve_device
+
+__all__ = ["LinearSVMConfig", "run_linear_svm", "backbone_config", "BN_CALIBRATION_NOTE"]
+
+BN_CALIBRATION_NOTE = (
+    "random init: BatchNorm running statistics reset and set to the cumulative average of the "
+    "batch statistics over {clouds} randomly chosen training clouds (train mode, batches of "
+    "{batch}, dropout off, seed {seed}); weights untouched"
+)
+
+
+@dataclass
+class LinearSVMConfig:
+    data: str
+    backbone: str = "dgcnn"
+    checkpoint: str | None = None
+    random_init: bool = False
+    num_points: int = 1024
+    subsample: str = "first"
+    subset: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    C: float | None = None
+    C_grid: tuple[float, ...] = DEFAULT_C_GRID
+    folds: int = 3
+    svm: str = "svc"
+    standardize: bool = False
+    batch_size: int = 32
+    bn_calibration_clouds: int = 2048
+    k: int = 20
+    emb_dims: int = 1024
+    device: str = "auto"
+    num_workers: int = 0
+    cache_dir: str | None = None
+    use_cache: bool = True
+    progress: bool = True
+
+
+def backbone_config(name: str, k: int = 20, emb_dims: int = 1024) -> dict[str, Any]:
+    """The configuration the linear-SVM protocol builds a fresh backbone with."""
+    if name == "dgcnn":
+        return {"k": k, "emb_dims": emb_dims, "pooling": "max+avg"}
+    if name == "pointnet":
+        return {"emb_dims": emb_dims, "pooling": "max+avg"}
+    raise ValueError(f"the linear-SVM protocol supports backbones pointnet and dgcnn, not {name!r}")
+
+
+def _weights_id(cfg: LinearSVMConfig, seed: int) -> dict[str, Any]:
+    if cfg.checkpoint:
+        return {"checkpoint": file_digest(cfg.checkpoint), "k": cfg.k}
+    return {"random_init": backbone_config(cfg.backbone, cfg.k, cfg.emb_dims), "backbone": cfg.backbone,
+            "init_seed": seed, "bn_clouds": cfg.bn_calibration_clouds, "bn_batch": cfg.batch_size}
+
+
+def _seed_matters(cfg: LinearSVMConfig, fmt: str) -> bool:
+    """Whether the seed changes the clouds (random subsampling, sampling of meshes)."""
+    return cfg.subsample != "first" or fmt in ("modelnet_meshes", "mesh_folder", "builtin")
+
+
+def run_linear_svm(cfg: LinearSVMConfig, log=print) -> dict[str, Any]:
+    """Run the linear-SVM protocol for every seed and return the report (see README)."""
+    if cfg.random_init == bool(cfg.checkpoint):
+        raise ValueError("give exactly one of random_init=True or a checkpoint")
+    fmt = detect_format(cfg.data)
+    device = resolve_device(cfg.device)
+    cache = FeatureCache(cfg.cache_dir) if cfg.use_cache else None
+    data_id = data_fingerprint(cfg.data)
+    per_seed, loaded_info = [], None
+    for seed in cfg.seeds:
+        splits = open_splits(cfg.data, cfg.num_points, cfg.subsample, seed, cfg.subset, on_error="skip", fmt=fmt)
+        keys = {
+            split: FeatureCache.key(weights=_weights_id(cfg, seed), data=data_id, fmt=fmt, subset=cfg.subset, split=split,
+                                    points=cfg.num_points, subsample=cfg.subsample,
+                                    sample_seed=seed if _seed_matters(cfg, fmt) else None)
+            for split in ("train", "test")
+        }
+        feats: dict[str, Features | None] = {s: cache.get(k) if cache else None for s, k in keys.items()}
+        model, info = None, None
+        calibrated = None
+        if any(f is None for f in feats.values()):
+            model, info = _build_model(cfg, seed)
+            if cfg.random_init:
+                calibrated = calibrate_batchnorm(model, splits["train"], cfg.bn_calibration_clouds, cfg.batch_size,
+                                                 seed, device, cfg.num_workers, progress=cfg.progress)
+        for split, key in keys.items():
+            if feats[split] is None:
+                feats[split] = extract_features(model, splits[split], cfg.batch_size, device, cfg.num_workers,
+                                                progress=cfg.progress, desc=f"embed {split} (seed {seed})")
+                if cache:
+                    cache.put(key, feats[split])
+        train, test = feats["train"], feats["test"]
+        result = fit_linear_svm(train.features, train.labels, test.features, test.labels, cfg.C, cfg.C_grid,
+                                cfg.folds, cfg.svm, cfg.standardize, seed)
+        per_seed.append({"seed": seed, **result.to_dict(), "extract_seconds": train.seconds + test.seconds,
+                         "cached": model is None, "bn_calibration_clouds": calibrated,
+                         "skipped": train.skipped + test.skipped})
+        loaded_info = loaded_info or info
+        log(f"seed {seed}: accuracy {100 * result.accuracy:.2f}% (class mean {100 * result.class_mean_accuracy:.2f}%), "
+            f"C={result.C:g}, {result.feature_dim}-d features" + (" [cached]" if model is None else ""))
+    return _report(cfg, fmt, splits, per_seed, loaded_info, str(device))
+
+
+def _build_model(cfg: LinearSVMConfig, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    if cfg.checkpoint:
+        loaded = load_backbone(cfg.checkpoint, expected=cfg.backbone, k=cfg.k)
+        return loaded.model, {"source": loaded.source, "config": loaded.config}
+    torch.manual_seed(seed)
+    config = backbone_config(cfg.backbone, cfg.k, cfg.emb_dims)
+    return build_backbone(cfg.backbone, **config), {"source": "random-init", "config": config}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(statistics.stdev(values)) if len(values) > 1 else 0.0
+
+
+def _report(cfg: LinearSVMConfig, fmt: str, splits, per_seed: list[dict], info, device: str) -> dict[str, Any]:
+    acc, acc_std = _mean_std([r["accuracy"] for r in per_seed])
+    cls_acc, cls_std = _mean_std([r["class_mean_accuracy"] for r in per_seed])
+    chosen = [r["C"] for r in per_seed]
+    skipped = sorted({msg for r in per_seed for msg in r["skipped"]})
+    return {
+        "protocol": "linear-svm",
+        "dataset": cfg.data,
+        "dataset_format": fmt,
+        "subset": cfg.subset,
+        "num_classes": len(splits["train"].classes),
+        "backbone": cfg.backbone,
+        "backbone_config": (info or {}).get("config"),
+        "weights": cfg.checkpoint or "random-init",
+        "weights_source": (info or {}).get("source"),
+        "bn_calibration": BN_CALIBRATION_NOTE.format(clouds=cfg.bn_calibration_clouds, batch=cfg.batch_size, seed="= eval seed")
+        if cfg.random_init else None,
+        "num_points": cfg.num_points,
+        "subsample": cfg.subsample,
+        "accuracy": acc,
+        "accuracy_std": acc_std,
+        "class_mean_accuracy": cls_acc,
+        "class_mean_accuracy_std": cls_std,
+        "C": Counter(chosen).most_common(1)[0][0],
+        "C_per_seed": chosen,
+        "C_selection": "given" if cfg.C is not None else f"{per_seed[0]['cv_folds']}-fold CV on train over {list(cfg.C_grid)}",
+        "feature_dim": per_seed[0]["feature_dim"],
+        "train_size": per_seed[0]["train_size"],
+        "test_size": per_seed[0]["test_size"],
+        "seeds": list(cfg.seeds),
+        "svm": cfg.svm,
+        "standardize": cfg.standardize,
+        "skipped": skipped,
+        "device": device,
+        "per_seed": [{k: v for k, v in r.items() if k != "skipped"} for r in per_seed],
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }

@@ -1,0 +1,83 @@
+"""The command line, end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pretext3d.cli import main
+from tests_helpers import write_two_class_npz
+
+
+def test_evaluate_linear_svm_writes_the_contract_json(tmp_path, capsys):
+    data = write_two_class_npz(tmp_path / "two.npz")
+    out = tmp_path / "report.json"
+    rc = main(["evaluate", "linear-svm", "--data", str(data), "--backbone", "dgcnn", "--random-init",
+               "--points", "64", "--k", "8", "--emb-dims", "32", "--bn-calibration", "16", "--batch-size", "8",
+               "--json", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    for key in ("protocol", "dataset", "backbone", "accuracy", "C", "feature_dim", "num_points"):
+        assert key in report
+    assert report["protocol"] == "linear-svm" and report["backbone"] == "dgcnn" and report["num_points"] == 64
+    assert report["feature_dim"] == 64 and 0.0 <= report["accuracy"] <= 1.0
+    assert report["C_selection"].startswith("3-fold CV on train")
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "BN statistics" in printed
+
+
+def test_evaluate_with_checkpoint(tmp_path):
+    import torch
+
+    from pretext3d.engine.checkpoint import save_backbone
+    from pretext3d.models import PointNet
+
+    data = write_two_class_npz(tmp_path / "two.npz")
+    ckpt = save_backbone(tmp_path / "pn.safetensors", PointNet(emb_dims=16).eval(), "pointnet", {"emb_dims": 16})
+    rc = main(["evaluate", "linear-svm", "--data", str(data), "--backbone", "pointnet", "--checkpoint", str(ckpt),
+               "--points", "32", "--C", "0.5", "--json", str(tmp_path / "r.json"), "--no-cache", "--quiet"])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert rc == 0 and report["weights"] == str(ckpt) and report["C"] == 0.5 and report["bn_calibration"] is None
+    assert report["feature_dim"] == 32
+    del torch
+
+
+def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
+    missing = tmp_path / "nothing.npz"
+    rc = main(["evaluate", "linear-svm", "--data", str(missing), "--backbone", "pointnet", "--random-init", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(missing) in err and "does not exist" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "linear-svm", "--data", "builtin", "--backbone", "pointnet", "--random-init",
+              "--checkpoint", "x.safetensors"])
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"PK\x03\x04 not really a zip")
+    rc = main(["evaluate", "linear-svm", "--data", str(broken), "--backbone", "pointnet", "--random-init", "--quiet"])
+    assert rc == 2 and str(broken) in capsys.readouterr().err
+
+
+def test_data_info_and_builtin_export(tmp_path, capsys):
+    assert main(["data", "info", str(write_two_class_npz(tmp_path / "two.npz"))]) == 0
+    out = capsys.readouterr().out
+    assert "format npz" in out and "train: 24 clouds" in out and "flat (12/6)" in out
+    assert main(["data", "builtin", "--out", str(tmp_path / "meshes"), "--train", "1", "--test", "1"]) == 0
+    assert len(list((tmp_path / "meshes").rglob("*.off"))) == 28
+    assert main(["data", "info", str(tmp_path / "meshes"), "--check"]) == 0
+    assert "format modelnet_meshes" in capsys.readouterr().out
+
+
+def test_demo_runs_end_to_end_on_a_small_builtin_set(tmp_path, capsys):
+    rc = main(["demo", "--train", "3", "--test", "1", "--points", "256", "--out", str(tmp_path / "demo"), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "pointnet" in out and "dgcnn" in out and "linear-SVM acc" in out
+    for backbone in ("pointnet", "dgcnn"):
+        report = json.loads((tmp_path / "demo" / f"linear_svm_{backbone}.json").read_text())
+        assert report["train_size"] == 42 and report["test_size"] == 14
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "pretext3d.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and "pretext3d" in result.stdout
