@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from _common import timed
 from pretext3d.geometry import knn
 from pretext3d.models import DGCNN
 from pretext3d.models.dgcnn import plain_knn
@@ -49,16 +49,6 @@ def make_model(args: argparse.Namespace, impl: str) -> DGCNN:
 
 def make_points(batch: int, n: int, seed: int = 2) -> torch.Tensor:
     return torch.rand(batch, n, 3, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up (numba compilation is cached on disk, allocator warm)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def train_step_fn(model: DGCNN, points: torch.Tensor):

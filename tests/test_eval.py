@@ -69,18 +69,9 @@ def test_cv_needs_two_samples_per_class():
 
 
 def tiny_dataset(n: int = 24, points: int = 64, seed: int = 0) -> ArrayPointClouds:
-    """Two classes: points on a sphere vs points in a flat square."""
-    rng = np.random.default_rng(seed)
-    clouds = []
-    for i in range(n):
-        if i % 2:
-            p = rng.standard_normal((points, 3))
-            p /= np.linalg.norm(p, axis=1, keepdims=True)
-        else:
-            p = np.concatenate([rng.uniform(-1, 1, (points, 2)), 0.02 * rng.standard_normal((points, 1))], axis=1)
-        clouds.append(p)
-    return ArrayPointClouds(np.stack(clouds).astype(np.float32), np.arange(n) % 2, ["flat", "round"],
-                            [f"c{i}" for i in range(n)], "train", "tiny")
+    from tests_helpers import tiny_clouds
+
+    return tiny_clouds(n, points, seed)
 
 
 def test_extract_features_batches_and_order():

@@ -7,25 +7,36 @@ from pathlib import Path
 import numpy as np
 
 
+def sphere_or_square(n: int, points: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n clouds (n, points, 3) alternating between class 0 (a flat square) and 1 (a sphere)."""
+    clouds = []
+    for i in range(n):
+        if i % 2:
+            p = rng.standard_normal((points, 3))
+            p /= np.linalg.norm(p, axis=1, keepdims=True)
+        else:
+            p = np.concatenate([rng.uniform(-1, 1, (points, 2)), 0.02 * rng.standard_normal((points, 1))], axis=1)
+        clouds.append(p)
+    return np.stack(clouds).astype(np.float32), np.arange(n) % 2
+
+
+def tiny_clouds(n: int = 24, points: int = 64, seed: int = 0):
+    """An in-memory dataset of ``sphere_or_square`` clouds."""
+    from pretext3d.data import ArrayPointClouds
+
+    x, y = sphere_or_square(n, points, np.random.default_rng(seed))
+    return ArrayPointClouds(x, y, ["flat", "round"], [f"c{i}" for i in range(n)], "train", "tiny")
+
+
 def write_two_class_npz(path: Path, n_train: int = 24, n_test: int = 12, points: int = 64) -> Path:
-    """An npz in the layout of modelnet40_1024.npz with two easy classes (sphere vs flat square)."""
+    """An npz in the layout of modelnet40_1024.npz holding ``sphere_or_square`` clouds."""
     rng = np.random.default_rng(0)
-
-    def clouds(n: int) -> tuple[np.ndarray, np.ndarray]:
-        out = []
-        for i in range(n):
-            if i % 2:
-                p = rng.standard_normal((points, 3))
-                p /= np.linalg.norm(p, axis=1, keepdims=True)
-            else:
-                p = np.concatenate([rng.uniform(-1, 1, (points, 2)), 0.02 * rng.standard_normal((points, 1))], axis=1)
-            out.append(p)
-        return np.stack(out).astype(np.float16), (np.arange(n) % 2).astype(np.uint8)
-
-    tx, ty = clouds(n_train)
-    vx, vy = clouds(n_test)
-    np.savez(path, train_x=tx, train_y=ty, test_x=vx, test_y=vy, classes=np.array(["flat", "round"]),
-             train_names=np.array([f"tr_{i}" for i in range(n_train)]), test_names=np.array([f"te_{i}" for i in range(n_test)]))
+    tx, ty = sphere_or_square(n_train, points, rng)
+    vx, vy = sphere_or_square(n_test, points, rng)
+    np.savez(path, train_x=tx.astype(np.float16), train_y=ty.astype(np.uint8), test_x=vx.astype(np.float16),
+             test_y=vy.astype(np.uint8), classes=np.array(["flat", "round"]),
+             train_names=np.array([f"tr_{i}" for i in range(n_train)]),
+             test_names=np.array([f"te_{i}" for i in range(n_test)]))
     return path
 
 

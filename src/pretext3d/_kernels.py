@@ -44,11 +44,10 @@ if AVAILABLE:
     _BLOCK = 16  # block size of the selection bound; 8 and 16 measured equal, 32 slower
 
     @njit(inline="always", cache=True)
-    def _sift_down(heap_val, heap_idx, size):  # pragma: no cover - compiled
-        """Restore a max-heap whose root was just replaced."""
-        pos = 0
-        val = heap_val[0]
-        ind = heap_idx[0]
+    def _sift_down_from(heap_val, heap_idx, size, pos):  # pragma: no cover - compiled
+        """Move the entry at ``pos`` of a max-heap down until both children are smaller."""
+        val = heap_val[pos]
+        ind = heap_idx[pos]
         while True:
             child = 2 * pos + 1
             if child >= size:
@@ -65,25 +64,14 @@ if AVAILABLE:
         heap_idx[pos] = ind
 
     @njit(inline="always", cache=True)
+    def _sift_down(heap_val, heap_idx, size):  # pragma: no cover - compiled
+        """Restore a max-heap whose root was just replaced."""
+        _sift_down_from(heap_val, heap_idx, size, 0)
+
+    @njit(inline="always", cache=True)
     def _heapify(heap_val, heap_idx, size):  # pragma: no cover - compiled
         for start in range(size // 2 - 1, -1, -1):
-            pos = start
-            val = heap_val[pos]
-            ind = heap_idx[pos]
-            while True:
-                child = 2 * pos + 1
-                if child >= size:
-                    break
-                if child + 1 < size and heap_val[child + 1] > heap_val[child]:
-                    child += 1
-                if heap_val[child] > val:
-                    heap_val[pos] = heap_val[child]
-                    heap_idx[pos] = heap_idx[child]
-                    pos = child
-                else:
-                    break
-            heap_val[pos] = val
-            heap_idx[pos] = ind
+            _sift_down_from(heap_val, heap_idx, size, start)
 
     @njit(inline="always", cache=True)
     def _k_smallest(key, k, block_min, cand, heap_val, heap_idx, out_row):  # pragma: no cover

@@ -10,7 +10,14 @@ from torch import Tensor, nn
 
 from pretext3d.geometry.neighbors import knn
 from pretext3d.models.edgeconv import EdgeConv, EdgeImpl
-from pretext3d.models.layers import LEAKY_SLOPE, PointFeatures, PointwiseBlock, Pooling, pointwise_and_pool
+from pretext3d.models.layers import (
+    LEAKY_SLOPE,
+    PointFeatures,
+    PointwiseBlock,
+    Pooling,
+    join_point_features,
+    pointwise_and_pool,
+)
 
 __all__ = ["DGCNN", "DGCNNSeg", "SpatialTransform", "plain_knn"]
 
@@ -25,16 +32,6 @@ def plain_knn(x: Tensor, k: int) -> Tensor:
 
 def _neighbours(x: Tensor, k: int, impl: EdgeImpl) -> Tensor:
     return plain_knn(x.detach(), k) if impl == "plain" else knn(x, k)
-
-
-def _split_input(points: Tensor, features: Tensor | None) -> Tensor:
-    if points.dim() != 3 or points.shape[-1] != 3:
-        raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
-    if features is None:
-        return points
-    if features.shape[:2] != points.shape[:2]:
-        raise ValueError(f"features {tuple(features.shape)} do not match points {tuple(points.shape)}")
-    return torch.cat([points, features], dim=-1)
 
 
 class DGCNN(nn.Module):
@@ -82,7 +79,7 @@ class DGCNN(nn.Module):
 
     def forward(self, points: Tensor, features: Tensor | None = None, need_local: bool = True) -> PointFeatures:
         """need_local=False skips materialising ``local`` during inference (faster embedding)."""
-        x = _split_input(points, features)
+        x = join_point_features(points, features)
         if x.shape[-1] != self.in_channels:
             raise ValueError(f"DGCNN built for {self.in_channels} input channels, got {x.shape[-1]}")
         idx = _neighbours(points, self.k, self.impl)
@@ -166,7 +163,7 @@ class DGCNNSeg(nn.Module):
         return self.emb_dims
 
     def forward(self, points: Tensor, categories: Tensor | None = None, need_local: bool = True) -> PointFeatures:
-        _split_input(points, None)
+        join_point_features(points, None)  # shape check
         x = points
         if self.transform_net is not None:
             rotation = self.transform_net(points, _neighbours(points, self.k, self.impl))

@@ -18,6 +18,7 @@ __all__ = [
     "bn_update_factor",
     "activation",
     "pool_points",
+    "join_point_features",
     "pointwise_and_pool",
     "Pooling",
 ]
@@ -79,6 +80,18 @@ def bn_eval_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]
     if bn.bias is not None:
         shift = shift + bn.bias
     return scale, shift
+
+
+def join_point_features(points: Tensor, features: Tensor | None) -> Tensor:
+    """Network input from points (B, N, 3) and optional per-point features (B, N, F):
+    (B, N, 3 + F), with clear errors for wrong shapes."""
+    if points.dim() != 3 or points.shape[-1] != 3:
+        raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
+    if features is None:
+        return points
+    if features.shape[:2] != points.shape[:2]:
+        raise ValueError(f"features {tuple(features.shape)} do not match points {tuple(points.shape)}")
+    return torch.cat([points, features], dim=-1)
 
 
 def pool_points(x: Tensor, pooling: Pooling) -> Tensor:

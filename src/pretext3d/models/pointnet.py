@@ -7,19 +7,16 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from pretext3d.models.layers import PointFeatures, PointwiseBlock, Pooling, pointwise_and_pool, pool_points
+from pretext3d.models.layers import (
+    PointFeatures,
+    PointwiseBlock,
+    Pooling,
+    join_point_features,
+    pointwise_and_pool,
+    pool_points,
+)
 
 __all__ = ["PointNet", "PointNetPointwise"]
-
-
-def _join(points: Tensor, features: Tensor | None) -> Tensor:
-    if points.dim() != 3 or points.shape[-1] != 3:
-        raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
-    if features is None:
-        return points
-    if features.shape[:2] != points.shape[:2]:
-        raise ValueError(f"features {tuple(features.shape)} do not match points {tuple(points.shape)}")
-    return torch.cat([points, features], dim=-1)
 
 
 class PointNet(nn.Module):
@@ -50,7 +47,7 @@ class PointNet(nn.Module):
 
     def forward(self, points: Tensor, features: Tensor | None = None, need_local: bool = True) -> PointFeatures:
         """need_local=False skips materialising ``local`` during inference (faster embedding)."""
-        x = _join(points, features)
+        x = join_point_features(points, features)
         if x.shape[-1] != self.in_channels:
             raise ValueError(f"PointNet built for {self.in_channels} input channels, got {x.shape[-1]}")
         for layer in self.layers[:-1]:
@@ -92,7 +89,7 @@ class PointNetPointwise(nn.Module):
         return self.local_dim * (2 if self.pooling == "max+avg" else 1)
 
     def forward(self, points: Tensor, features: Tensor | None = None, need_local: bool = True) -> PointFeatures:
-        x = _join(points, features)
+        x = join_point_features(points, features)
         for layer in self.encoder:
             x = layer(x)
         local = x
