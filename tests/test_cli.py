@@ -69,6 +69,16 @@ def test_data_info_and_builtin_export(tmp_path, capsys):
     assert "format modelnet_meshes" in capsys.readouterr().out
 
 
+def test_mesh_folder_with_worker_processes(tmp_path, capsys):
+    """Meshes sampled in DataLoader workers forked after the parent ran parallel kernels."""
+    assert main(["data", "builtin", "--out", str(tmp_path / "m"), "--train", "2", "--test", "1"]) == 0
+    rc = main(["evaluate", "linear-svm", "--data", str(tmp_path / "m"), "--backbone", "dgcnn", "--random-init",
+               "--points", "128", "--k", "8", "--emb-dims", "32", "--workers", "2", "--C", "1", "--batch-size", "8",
+               "--bn-calibration", "28", "--no-cache", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "area-weighted" in out and "28 train / 14 test" in out
+
+
 def test_demo_runs_end_to_end_on_a_small_builtin_set(tmp_path, capsys):
     rc = main(["demo", "--train", "3", "--test", "1", "--points", "256", "--out", str(tmp_path / "demo"), "--quiet"])
     out = capsys.readouterr().out

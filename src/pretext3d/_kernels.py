@@ -27,6 +27,11 @@ try:  # numba is a hard dependency, but the package must still import (and run) 
     import numba
     from numba import njit, prange
 
+    # GNU OpenMP (numba's first choice after TBB) aborts a process that forks after using it,
+    # which is what DataLoader workers do; numba's own workqueue pool survives fork. It does
+    # not allow parallel kernels launched from several Python threads at once (none here).
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
     AVAILABLE = True
 except ImportError:  # pragma: no cover - exercised only on machines without numba
     AVAILABLE = False
@@ -264,7 +269,8 @@ if AVAILABLE:
                     o[c] += src[c]
 
     @njit(cache=True)
-    def _fps_one(points, start, out):  # pragma: no cover - compiled
+    def farthest_point_sample_one(points, start, out):  # pragma: no cover - compiled
+        """Exact FPS of one cloud (points (N, 3), out (m,)); serial, for per-item data loading."""
         n = points.shape[0]
         m = out.shape[0]
         dist = np.full(n, np.inf, dtype=np.float64)
@@ -296,4 +302,4 @@ if AVAILABLE:
         input dtype; ties go to the lowest index.
         """
         for b in prange(points.shape[0]):
-            _fps_one(points[b], starts[b], out[b])
+            farthest_point_sample_one(points[b], starts[b], out[b])

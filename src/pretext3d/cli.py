@@ -84,7 +84,7 @@ def format_linear_svm(report: dict) -> str:
         f"  accuracy        {acc}   (class mean {cls}, seeds {' '.join(map(str, seeds))})",
         f"  C               {report['C']:g}   ({report['C_selection']})",
         f"  feature dim     {report['feature_dim']}",
-        f"  points / cloud  {report['num_points']} ({report['subsample']})",
+        f"  points / cloud  {report['num_points']} ({report['sampling']})",
     ]
     if report["bn_calibration"]:
         lines.append(f"  BN statistics   {report['bn_calibration']}")

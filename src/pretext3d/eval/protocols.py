@@ -127,6 +127,13 @@ def _build_model(cfg: LinearSVMConfig, seed: int) -> tuple[torch.nn.Module, dict
     return build_backbone(cfg.backbone, **config), {"source": "random-init", "config": config}
 
 
+def describe_sampling(fmt: str, subsample: str) -> str:
+    if fmt in ("modelnet_meshes", "mesh_folder", "builtin"):
+        return "area-weighted surface samples reduced by FPS (seeded per object)"
+    return {"first": "first N stored points", "random": "N random stored points (seeded)",
+            "fps": "FPS of the stored points"}[subsample]
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(statistics.stdev(values)) if len(values) > 1 else 0.0
 
@@ -150,6 +157,7 @@ def _report(cfg: LinearSVMConfig, fmt: str, splits, per_seed: list[dict], info, 
         if cfg.random_init else None,
         "num_points": cfg.num_points,
         "subsample": cfg.subsample,
+        "sampling": describe_sampling(fmt, cfg.subsample),
         "accuracy": acc,
         "accuracy_std": acc_std,
         "class_mean_accuracy": cls_acc,

@@ -112,7 +112,10 @@ def _fps_numba(points: Tensor, num_samples: int, starts: Tensor) -> Tensor:
     if pts.dtype not in (torch.float32, torch.float64):
         pts = pts.float()
     out = torch.empty(pts.shape[0], num_samples, dtype=torch.int64)
-    _kernels.farthest_point_sample(pts.numpy(), starts.numpy(), out.numpy())
+    if pts.shape[0] == 1:  # one cloud (data loading): no thread pool needed
+        _kernels.farthest_point_sample_one(pts[0].numpy(), int(starts[0]), out[0].numpy())
+    else:
+        _kernels.farthest_point_sample(pts.numpy(), starts.numpy(), out.numpy())
     return out.to(points.device)
 
 
