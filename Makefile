@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.pretext3d-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-modelnet40 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/bench_dgcnn.py
 	$(PY) benchmarks/bench_fps.py
+
+bench-modelnet40: $(STAMP)
+	$(PY) benchmarks/modelnet40_linear_svm.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

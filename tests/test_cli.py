@@ -45,6 +45,20 @@ def test_evaluate_with_checkpoint(tmp_path):
     del torch
 
 
+def test_checkpoint_taking_normals(tmp_path, capsys):
+    from pretext3d.engine.checkpoint import save_backbone
+    from pretext3d.models import PointNet
+
+    ckpt = save_backbone(tmp_path / "pn6.safetensors", PointNet(in_channels=6, emb_dims=16).eval(), "pointnet",
+                         {"in_channels": 6, "emb_dims": 16})
+    args = ["evaluate", "linear-svm", "--backbone", "pointnet", "--checkpoint", str(ckpt), "--points", "64",
+            "--C", "1", "--no-cache", "--quiet"]
+    assert main(args + ["--data", "builtin:train=2,test=1"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert main(args + ["--data", str(write_two_class_npz(tmp_path / "two.npz"))]) == 2
+    assert "normals" in capsys.readouterr().err
+
+
 def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
     missing = tmp_path / "nothing.npz"
     rc = main(["evaluate", "linear-svm", "--data", str(missing), "--backbone", "pointnet", "--random-init", "--quiet"])

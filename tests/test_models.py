@@ -50,9 +50,19 @@ def block_inputs(channels: int, batch: int = 3, n: int = 80, k: int = 9, seed: i
     return x, idx
 
 
+@pytest.fixture(params=["numba", "torch"])
+def kernels(request, monkeypatch):
+    """The numba CPU kernels, or the torch code paths that GPUs take."""
+    if request.param == "torch":
+        from pretext3d.geometry import neighbors
+
+        monkeypatch.setattr(neighbors, "uses_fast_kernels", lambda t: False)
+    return request.param
+
+
 @pytest.mark.parametrize("channels, widths", [(3, [64]), (64, [128]), (5, [16, 24]), (3, [64, 128])])
 @pytest.mark.parametrize("training", [False, True])
-def test_edgeconv_fast_equals_plain(channels, widths, training):
+def test_edgeconv_fast_equals_plain(channels, widths, training, kernels):
     """Same input and graph: outputs, input and parameter gradients, BN running statistics."""
     torch.manual_seed(0)
     fast, plain = fast_and_plain(perturb_batchnorms(EdgeConv(channels, widths)).train(training))
@@ -86,6 +96,23 @@ def test_edgeconv_cumulative_batchnorm_average_matches_plain():
     for name, buf in fast.named_buffers():
         torch.testing.assert_close(buf, dict(plain.named_buffers())[name], rtol=1e-5, atol=1e-6, msg=name)
     assert int(fast.bns[0].num_batches_tracked) == 3
+
+
+@pytest.mark.parametrize("widths", [[16], [16, 8]])
+def test_frozen_batchnorm_stays_frozen_in_training_mode(widths):
+    """Fine-tuning with bn.eval() inside a training model: running statistics, not batch ones."""
+    fast, plain = fast_and_plain(perturb_batchnorms(EdgeConv(3, widths)).train())
+    for block in (fast, plain):
+        for bn in block.bns:
+            bn.eval()
+    x, idx = block_inputs(3)
+    before = {n: b.clone() for n, b in fast.named_buffers()}
+    torch.testing.assert_close(fast(x, idx), plain(x, idx), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        expected = EdgeConv(3, widths).eval()
+        expected.load_state_dict(fast.state_dict())
+        torch.testing.assert_close(fast(x, idx), expected(x, idx), rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(before[n], b) for n, b in fast.named_buffers())
 
 
 @pytest.mark.parametrize(

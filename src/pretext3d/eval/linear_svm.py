@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -68,10 +68,12 @@ def fit_linear_svm(
     standardize: bool = False,
     seed: int = 0,
     n_jobs: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> SVMResult:
     """Fit on train (choosing C by CV on train when not given) and score on test once.
 
-    train_x: (S, D), train_y: (S,), test_x: (T, D), test_y: (T,).
+    train_x: (S, D), train_y: (S,), test_x: (T, D), test_y: (T,);  log: called with a line per
+    C tried (the CV of a large set takes minutes).
     """
     if len(train_x) == 0 or len(test_x) == 0:
         raise ValueError("the linear SVM needs non-empty train and test features")
@@ -85,9 +87,13 @@ def fit_linear_svm(
             raise ValueError(f"cannot cross-validate C: a class has {smallest_class} training sample(s); pass C")
         splitter = StratifiedKFold(n_splits=used_folds, shuffle=True, random_state=seed)
         cv_scores = {}
-        for c in C_grid:
+        for i, c in enumerate(C_grid, start=1):
+            tick = time.perf_counter()
             scores = cross_val_score(_estimator(svm, c, standardize, seed), train_x, train_y, cv=splitter, n_jobs=n_jobs)
             cv_scores[repr(float(c))] = float(scores.mean())
+            if log:
+                log(f"  C={c:g} ({i}/{len(C_grid)}): {used_folds}-fold CV accuracy on train "
+                    f"{100 * scores.mean():.2f}% ({time.perf_counter() - tick:.0f} s)")
         C = float(max(C_grid, key=lambda c: (cv_scores[repr(float(c))], -c)))  # ties -> smaller C
     model = _estimator(svm, C, standardize, seed).fit(train_x, train_y)
     overall, class_mean = accuracy_scores(test_y, model.predict(test_x))

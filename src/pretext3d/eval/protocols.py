@@ -97,25 +97,33 @@ def run_linear_svm(cfg: LinearSVMConfig, log=print) -> dict[str, Any]:
         calibrated = None
         if any(f is None for f in feats.values()):
             model, info = _build_model(cfg, seed)
+            normals = _takes_normals(model)
             if cfg.random_init:
                 calibrated = calibrate_batchnorm(model, splits["train"], cfg.bn_calibration_clouds, cfg.batch_size,
-                                                 seed, device, cfg.num_workers, progress=cfg.progress)
+                                                 seed, device, cfg.num_workers, normals, progress=cfg.progress)
         for split, key in keys.items():
             if feats[split] is None:
                 feats[split] = extract_features(model, splits[split], cfg.batch_size, device, cfg.num_workers,
-                                                progress=cfg.progress, desc=f"embed {split} (seed {seed})")
+                                                normals, progress=cfg.progress, desc=f"embed {split} (seed {seed})")
                 if cache:
                     cache.put(key, feats[split])
         train, test = feats["train"], feats["test"]
         result = fit_linear_svm(train.features, train.labels, test.features, test.labels, cfg.C, cfg.C_grid,
-                                cfg.folds, cfg.svm, cfg.standardize, seed)
+                                cfg.folds, cfg.svm, cfg.standardize, seed, log=log if cfg.progress else None)
         per_seed.append({"seed": seed, **result.to_dict(), "extract_seconds": train.seconds + test.seconds,
                          "cached": model is None, "bn_calibration_clouds": calibrated,
                          "skipped": train.skipped + test.skipped})
+        if info is None and cfg.random_init:  # every feature came from the cache
+            info = {"source": "random-init", "config": backbone_config(cfg.backbone, cfg.k, cfg.emb_dims)}
         loaded_info = loaded_info or info
         log(f"seed {seed}: accuracy {100 * result.accuracy:.2f}% (class mean {100 * result.class_mean_accuracy:.2f}%), "
             f"C={result.C:g}, {result.feature_dim}-d features" + (" [cached]" if model is None else ""))
     return _report(cfg, fmt, splits, per_seed, loaded_info, str(device))
+
+
+def _takes_normals(model: torch.nn.Module) -> bool:
+    """Whether a backbone (or a backbone with a head) was built for xyz + normals input."""
+    return getattr(getattr(model, "backbone", model), "in_channels", 3) == 6
 
 
 def _build_model(cfg: LinearSVMConfig, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:

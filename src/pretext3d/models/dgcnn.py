@@ -17,6 +17,7 @@ from pretext3d.models.layers import (
     Pooling,
     join_point_features,
     pointwise_and_pool,
+    pooled_width,
 )
 
 __all__ = ["DGCNN", "DGCNNSeg", "SpatialTransform", "plain_knn"]
@@ -75,13 +76,11 @@ class DGCNN(nn.Module):
 
     @property
     def global_dim(self) -> int:
-        return self.emb_dims * (2 if self.pooling == "max+avg" else 1)
+        return pooled_width(self.emb_dims, self.pooling)
 
     def forward(self, points: Tensor, features: Tensor | None = None, need_local: bool = True) -> PointFeatures:
         """need_local=False skips materialising ``local`` during inference (faster embedding)."""
-        x = join_point_features(points, features)
-        if x.shape[-1] != self.in_channels:
-            raise ValueError(f"DGCNN built for {self.in_channels} input channels, got {x.shape[-1]}")
+        x = join_point_features(points, features, self.in_channels, "DGCNN")
         idx = _neighbours(points, self.k, self.impl)
         stages = []
         for block in self.edge_convs:

@@ -86,7 +86,7 @@ class EdgeConv(nn.Module):
             raise ValueError(f"unknown EdgeConv impl {self.impl!r}")
         if len(self.layers) > 1:
             return self._forward_fast_stack(*self._split_first_layer(x), idx)
-        if self.training:
+        if self.bns[0].training:  # BN's own mode, so a frozen BN (bn.eval()) stays frozen
             return self._forward_fast_train(x, idx)
         return self._forward_fast_eval(x, idx)
 
@@ -131,7 +131,7 @@ class EdgeConv(nn.Module):
         return activation(gather_max(y * scale, idx) + (z * scale + shift), "leaky_relu")
 
     def _forward_fast_stack(self, y: Tensor, z: Tensor, idx: Tensor) -> Tensor:
-        if self.training:
+        if torch.is_grad_enabled() or any(bn.training for bn in self.bns):
             return self._stack_tail(_gather_rows(y, idx) + z.unsqueeze(2))
         n_batch, n_points, k = idx.shape
         widest = max(b.num_features for b in self.bns)
@@ -153,7 +153,7 @@ class EdgeConv(nn.Module):
 
     def _batch_norm_rows(self, bn: nn.BatchNorm1d, h: Tensor) -> Tensor:
         """BatchNorm over all leading dimensions of (..., C) (BatchNorm2d on (B, C, N, k))."""
-        if not self.training:
+        if not bn.training:
             scale, shift = bn_eval_affine(bn)
             return h * scale + shift
         factor = bn_update_factor(bn)
@@ -168,8 +168,8 @@ class EdgeConv(nn.Module):
         h = torch.cat([neighbours - centres, centres], dim=3).permute(0, 3, 1, 2).contiguous()
         for layer, bn in zip(self.layers, self.bns):
             h = F.conv2d(h, layer.weight[:, :, None, None])
-            factor = bn_update_factor(bn) if self.training else 0.0
+            factor = bn_update_factor(bn) if bn.training else 0.0
             h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                             training=self.training, momentum=factor, eps=bn.eps)
+                             training=bn.training, momentum=factor, eps=bn.eps)
             h = F.leaky_relu(h, LEAKY_SLOPE)
         return h.max(dim=-1).values.transpose(1, 2)

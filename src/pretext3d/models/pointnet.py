@@ -13,6 +13,7 @@ from pretext3d.models.layers import (
     Pooling,
     join_point_features,
     pointwise_and_pool,
+    pooled_width,
     pool_points,
 )
 
@@ -43,13 +44,11 @@ class PointNet(nn.Module):
 
     @property
     def global_dim(self) -> int:
-        return self.emb_dims * (2 if self.pooling == "max+avg" else 1)
+        return pooled_width(self.emb_dims, self.pooling)
 
     def forward(self, points: Tensor, features: Tensor | None = None, need_local: bool = True) -> PointFeatures:
         """need_local=False skips materialising ``local`` during inference (faster embedding)."""
-        x = join_point_features(points, features)
-        if x.shape[-1] != self.in_channels:
-            raise ValueError(f"PointNet built for {self.in_channels} input channels, got {x.shape[-1]}")
+        x = join_point_features(points, features, self.in_channels, "PointNet")
         for layer in self.layers[:-1]:
             x = layer(x)
         local, global_ = pointwise_and_pool(self.layers[-1], x, self.pooling, need_local)
@@ -86,7 +85,7 @@ class PointNetPointwise(nn.Module):
 
     @property
     def global_dim(self) -> int:
-        return self.local_dim * (2 if self.pooling == "max+avg" else 1)
+        return pooled_width(self.local_dim, self.pooling)
 
     def forward(self, points: Tensor, features: Tensor | None = None, need_local: bool = True) -> PointFeatures:
         x = join_point_features(points, features)

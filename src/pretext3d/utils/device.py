@@ -12,7 +12,7 @@ __all__ = ["resolve_device", "is_distributed", "rank_and_world"]
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """'auto' -> this process's GPU when CUDA is available (LOCAL_RANK under torchrun), else CPU;
-    any other string is passed to torch.device ('cpu', 'cuda', 'cuda:1', 'mps', ...)."""
+    any other string is passed to torch.device (cpu, cuda, cuda:<index>, mps, ...)."""
     if spec != "auto":
         return torch.device(spec)
     if torch.cuda.is_available():
