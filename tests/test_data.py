@@ -72,6 +72,12 @@ def test_npz_reader_and_point_subsampling(tmp_path):
     assert points.shape == (3, 10, 3) and labels.tolist() == [2, 1, 0]
 
 
+def test_npz_with_bytes_names(tmp_path):
+    path = write_npz(tmp_path / "b.npz", classes=np.array([b"a", b"b", b"c"]), test_names=np.array([b"x", b"y", b"z"]))
+    splits = open_splits(path, num_points=32)
+    assert splits["train"].classes == ["a", "b", "c"] and splits["test"].names == ["x", "y", "z"]
+
+
 def test_npz_without_optional_keys_gets_default_names(tmp_path):
     path = write_npz(tmp_path / "bare.npz", classes=None, train_names=None, test_names=None)
     train = open_splits(path, num_points=32)["train"]
@@ -87,6 +93,9 @@ def test_npz_without_optional_keys_gets_default_names(tmp_path):
         ("nan", lambda p: write_npz(p, train_x=np.where(np.arange(32)[None, :, None] == 5, np.nan, random_clouds(6, 32))), "'tr0'"),
         ("bad label", lambda p: write_npz(p, test_y=np.array([0, 1, 7])), "labels must lie"),
         ("pickled", lambda p: write_npz(p, classes=np.array(["a", None, 3], dtype=object)), "pickled"),
+        ("text points", lambda p: write_npz(p, train_x=np.full((6, 32, 3), "x")), "numeric"),
+        ("nan labels", lambda p: write_npz(p, test_y=np.array([0.0, np.nan, 1.0])), "whole class indices"),
+        ("scalar classes", lambda p: write_npz(p, classes=np.array("abc")), "1-D array of names"),
         ("too few points", lambda p: write_npz(p, n_points=8), "fewer than the 32"),
     ],
 )
@@ -357,3 +366,19 @@ def test_builtin_spec_parsing():
     assert detect_format("builtin:test=2") == "builtin"
     splits = open_splits("builtin:train=1,test=1", num_points=64)
     assert len(splits["train"]) == len(BUILTIN_CLASSES) and splits["train"][0]["points"].shape == (64, 3)
+
+
+def test_mesh_folder_with_split_folders_first(tmp_path):
+    """root/{train,test}/<class>/...: classes come from the second level, splits from the first."""
+    root = tmp_path / "split_first"
+    for split, count in (("train", 3), ("test", 2)):
+        for cls, maker in (("boxes", lambda i: trimesh.creation.box([1, 1 + i, 1])), ("balls", lambda i: trimesh.creation.icosphere(1))):
+            for i in range(count):
+                folder = root / split / cls / f"obj{i}" / "models"
+                folder.mkdir(parents=True)
+                maker(i).export(folder / "model_normalized.obj")
+    splits = open_splits(root, num_points=32)
+    assert splits["train"].classes == ["balls", "boxes"]
+    assert (len(splits["train"]), len(splits["test"])) == (6, 4)
+    assert sorted(splits["test"].names) == ["balls/obj0", "balls/obj1", "boxes/obj0", "boxes/obj1"]
+    assert splits["test"].labels.tolist().count(1) == 2

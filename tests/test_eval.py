@@ -154,6 +154,65 @@ def test_run_linear_svm_end_to_end_with_cache(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 4  # 2 seeds x 2 splits
 
 
+def test_cached_features_still_check_the_checkpoint_backbone(tmp_path):
+    from tests_helpers import write_two_class_npz
+
+    data = write_two_class_npz(tmp_path / "two.npz")
+    ckpt = save_backbone(tmp_path / "pn.safetensors", PointNet(emb_dims=16).eval(), "pointnet", {"emb_dims": 16})
+    cfg = LinearSVMConfig(data=str(data), backbone="pointnet", checkpoint=str(ckpt), num_points=32, C=1.0,
+                          cache_dir=str(tmp_path / "cache"), progress=False)
+    first = run_linear_svm(cfg, log=lambda m: None)
+    again = run_linear_svm(cfg, log=lambda m: None)
+    assert again["per_seed"][0]["cached"] and again["backbone_config"] == first["backbone_config"] == {"emb_dims": 16}
+    with pytest.raises(CheckpointError, match="not a dgcnn"):
+        run_linear_svm(LinearSVMConfig(**{**cfg.__dict__, "backbone": "dgcnn"}), log=lambda m: None)
+
+
+def test_data_fingerprint_of_a_folder_named_like_builtin_follows_its_files(tmp_path):
+    from pretext3d.eval.cache import data_fingerprint
+
+    folder = tmp_path / "builtin_meshes"
+    folder.mkdir()
+    (folder / "a.off").write_text("OFF\n")
+    before = data_fingerprint(folder, "mesh_folder")
+    (folder / "b.off").write_text("OFF\n")
+    assert data_fingerprint(folder, "mesh_folder") != before
+    assert data_fingerprint("builtin:seed=1", "builtin") != data_fingerprint("builtin:seed=2", "builtin")
+
+
+def test_bn_calibration_needs_real_batches():
+    with pytest.raises(ValueError, match="at least 2"):
+        calibrate_batchnorm(PointNet(emb_dims=8), tiny_dataset(4), batch_size=1, progress=False)
+
+
+def test_reference_pointnet_weights_load_as_checkpoint(tmp_path):
+    """CrossPoint's PointNet state dict (conv1..5 + bn1..5 + inv_head) with the DGCNN-only k given."""
+    g = torch.Generator().manual_seed(0)
+    widths = [(3, 64), (64, 64), (64, 64), (64, 128), (128, 32)]
+    sd = {}
+    for i, (c_in, c_out) in enumerate(widths, start=1):
+        sd[f"conv{i}.weight"] = torch.randn(c_out, c_in, 1, generator=g)
+        sd.update({f"bn{i}.weight": torch.rand(c_out, generator=g) + 0.5, f"bn{i}.bias": torch.randn(c_out, generator=g),
+                   f"bn{i}.running_mean": torch.randn(c_out, generator=g), f"bn{i}.running_var": torch.rand(c_out, generator=g) + 0.5,
+                   f"bn{i}.num_batches_tracked": torch.tensor(3)})
+    sd.update({"inv_head.0.weight": torch.randn(32, 32, generator=g), "inv_head.0.bias": torch.zeros(32),
+               "inv_head.1.weight": torch.ones(32), "inv_head.1.bias": torch.zeros(32),
+               "inv_head.1.running_mean": torch.zeros(32), "inv_head.1.running_var": torch.ones(32),
+               "inv_head.1.num_batches_tracked": torch.tensor(0),
+               "inv_head.3.weight": torch.randn(256, 32, generator=g), "inv_head.3.bias": torch.zeros(256)})
+    torch.save(sd, tmp_path / "pointnet.pth")
+    loaded = load_backbone(tmp_path / "pointnet.pth", expected="pointnet", k=20)
+    assert loaded.source == "crosspoint-pointnet" and loaded.config == {}
+    x = torch.rand(2, 50, 3)
+    h = x
+    for i in range(1, 6):
+        h = torch.nn.functional.conv1d(h.transpose(1, 2), sd[f"conv{i}.weight"]).transpose(1, 2)
+        h = (h - sd[f"bn{i}.running_mean"]) / torch.sqrt(sd[f"bn{i}.running_var"] + 1e-5) * sd[f"bn{i}.weight"] + sd[f"bn{i}.bias"]
+        h = torch.relu(h)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x).global_, h.amax(dim=1), rtol=1e-4, atol=1e-4)
+
+
 def test_run_linear_svm_needs_exactly_one_weight_source(tmp_path):
     with pytest.raises(ValueError, match="exactly one"):
         run_linear_svm(LinearSVMConfig(data="builtin", backbone="pointnet"))

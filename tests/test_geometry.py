@@ -238,3 +238,32 @@ def test_random_point_dropout_replaces_with_first_point():
     changed = (out != pts).any(-1)
     assert torch.equal(out[changed], pts[:, :1].expand_as(pts)[changed])
     assert changed.any() and out.shape == pts.shape
+
+
+def test_knn_rejects_non_finite_points_and_keeps_float64_precision(backend):
+    bad = torch.rand(1, 64, 3)
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        knn(bad, 5)
+    # a tight cloud far from the origin: |x|^2 - 2 x.y in float32 would scramble the ordering
+    g = torch.Generator().manual_seed(8)
+    pts = 100.0 + 1e-2 * torch.rand(1, 300, 3, generator=g, dtype=torch.float64)
+    assert as_sets(knn(pts, 6)) == brute_knn_sets(pts, pts, 6)
+    assert as_sets(knn(pts.float(), 6)) != brute_knn_sets(pts, pts, 6)
+
+
+def test_gathers_and_fps_check_their_indices():
+    values = torch.randn(1, 10, 4)
+    with pytest.raises(IndexError, match=r"\[0, 10\)"):
+        gather_max(values, torch.full((1, 10, 3), 10))
+    with pytest.raises(ValueError, match="k >= 1"):
+        gather_sum(values, torch.zeros(1, 10, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="start index"):
+        farthest_point_sample(torch.rand(10, 3), 3, start=50)
+
+
+def test_augmentations_keep_half_precision_inputs():
+    pts = make_cloud_with_normals().half()
+    for augment in (random_rotate_up, random_scale, random_translate, jitter, random_point_dropout):
+        out = augment(pts, generator=torch.Generator().manual_seed(0))
+        assert out.dtype == torch.float16 and torch.isfinite(out).all()

@@ -211,3 +211,17 @@ def test_large_cloud_runs_with_bounded_memory():
     with torch.no_grad():
         out = model(torch.rand(1, 8192, 3))
     assert out.local.shape == (1, 8192, 64)
+
+
+def test_edge_statistics_in_half_precision_do_not_overflow():
+    from pretext3d.geometry import knn
+    from pretext3d.models.edgeconv import edge_batch_stats
+
+    g = torch.Generator().manual_seed(0)
+    y, z = torch.randn(16, 1024, 8, generator=g), torch.randn(16, 1024, 8, generator=g)
+    idx = knn(torch.rand(16, 1024, 3, generator=g), 20)
+    mean32, var32 = edge_batch_stats(y, z, idx)
+    mean16, var16 = edge_batch_stats(y.half(), z.half(), idx)
+    assert var16.dtype == torch.float32 and torch.isfinite(var16).all()
+    torch.testing.assert_close(var16, var32, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(mean16, mean32, rtol=1e-2, atol=1e-2)

@@ -14,6 +14,17 @@ import numpy as np
 __all__ = ["main", "build_parser"]
 
 
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def _add_linear_svm(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "linear-svm",
@@ -26,22 +37,22 @@ def _add_linear_svm(sub: argparse._SubParsersAction) -> None:
     init = p.add_mutually_exclusive_group(required=True)
     init.add_argument("--random-init", action="store_true", help="untrained backbone; BatchNorm statistics calibrated on training clouds")
     init.add_argument("--checkpoint", help="pretext3d .safetensors checkpoint, or reference weights (.pth/.pt/.npz)")
-    p.add_argument("--points", type=int, default=1024, help="points per cloud (default 1024)")
+    p.add_argument("--points", type=_at_least(1), default=1024, help="points per cloud (default 1024)")
     p.add_argument("--subsample", choices=["first", "random", "fps"], default="first",
                    help="how clouds with more points are cut to --points (default: the first N, as published)")
     p.add_argument("--subset", choices=["modelnet10"], help="evaluate on the ModelNet10 classes of a ModelNet40 source")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (init, BN calibration, sampling); mean +- std is reported")
     p.add_argument("--C", type=float, help="SVM C; default: chosen by CV on train")
     p.add_argument("--C-grid", type=float, nargs="+", help="candidate Cs for the CV (default 0.001 0.01 0.1 1 10)")
-    p.add_argument("--folds", type=int, default=3, help="CV folds for choosing C (default 3)")
+    p.add_argument("--folds", type=_at_least(2), default=3, help="CV folds for choosing C (default 3)")
     p.add_argument("--svm", choices=["svc", "linearsvc"], default="svc", help="sklearn SVC(kernel='linear') (published) or LinearSVC")
     p.add_argument("--standardize", action="store_true", help="standardise features before the SVM (not the published protocol)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--bn-calibration", type=int, default=2048, metavar="N", help="training clouds for BN calibration with --random-init")
-    p.add_argument("--k", type=int, default=20, help="DGCNN neighbours (default 20)")
-    p.add_argument("--emb-dims", type=int, default=1024, help="backbone embedding width for --random-init (default 1024)")
+    p.add_argument("--batch-size", type=_at_least(2), default=32)
+    p.add_argument("--bn-calibration", type=_at_least(2), default=2048, metavar="N", help="training clouds for BN calibration with --random-init")
+    p.add_argument("--k", type=_at_least(1), default=20, help="DGCNN neighbours (default 20)")
+    p.add_argument("--emb-dims", type=_at_least(1), default=1024, help="backbone embedding width for --random-init (default 1024)")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes (useful for mesh folders)")
+    p.add_argument("--workers", type=_at_least(0), default=0, help="data-loading processes (useful for mesh folders)")
     p.add_argument("--cache-dir", help="feature cache (default ~/.cache/pretext3d/features or $PRETEXT3D_CACHE)")
     p.add_argument("--no-cache", action="store_true", help="always recompute features")
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
@@ -99,14 +110,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True)
     info = dsub.add_parser("info", help="detected format, splits, classes of a dataset")
     info.add_argument("path")
-    info.add_argument("--points", type=int, help="points per cloud to read (default: as stored; 1024 for meshes)")
+    info.add_argument("--points", type=_at_least(1), help="points per cloud to read (default: as stored; 1024 for meshes)")
     info.add_argument("--check", action="store_true", help="read every item and list unreadable ones")
     info.set_defaults(func=_cmd_data_info)
     export = dsub.add_parser("builtin", help="write the built-in meshes as <class>/{train,test}/*.off")
     export.add_argument("--out", required=True)
     export.add_argument("--seed", type=int, default=0)
-    export.add_argument("--train", type=int, default=40, help="objects per class in train")
-    export.add_argument("--test", type=int, default=10, help="objects per class in test")
+    export.add_argument("--train", type=_at_least(0), default=40, help="objects per class in train")
+    export.add_argument("--test", type=_at_least(0), default=10, help="objects per class in test")
     export.set_defaults(func=_cmd_data_builtin)
 
 
@@ -146,9 +157,9 @@ def _cmd_data_builtin(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job end to end on the built-in data (a few minutes on 2 cores)")
     p.add_argument("--out", default="demo_out", help="where the report and cache go (default demo_out)")
-    p.add_argument("--train", type=int, default=40, help="built-in objects per class for training")
-    p.add_argument("--test", type=int, default=10, help="built-in objects per class for testing")
-    p.add_argument("--points", type=int, default=1024)
+    p.add_argument("--train", type=_at_least(2), default=40, help="built-in objects per class for training")
+    p.add_argument("--test", type=_at_least(1), default=10, help="built-in objects per class for testing")
+    p.add_argument("--points", type=_at_least(1), default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")

@@ -1,4 +1,4 @@
-"""Built-in data: a procedural dataset of ten classes of objects made of primitives.
+"""Built-in data: a procedural dataset of 14 classes of objects made of primitives.
 
 Every object is a triangle mesh (z up, standing on z = 0) with a part label per face, built
 from a seeded generator with real intra-class variation (dimensions, proportions, optional and

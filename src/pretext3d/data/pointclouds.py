@@ -106,8 +106,8 @@ class ArrayPointClouds(PointCloudDataset):
         up_axis: str | None = None,
         point_labels: np.ndarray | None = None,
     ):
-        if points.ndim != 3 or points.shape[2] not in (3, 6):
-            raise DataFormatError(source, f"{split} points must be (S, N, 3) or (S, N, 6), got {points.shape}")
+        if points.ndim != 3 or points.shape[2] not in (3, 6) or not np.issubdtype(points.dtype, np.number):
+            raise DataFormatError(source, f"{split} points must be numeric (S, N, 3) or (S, N, 6), got {points.dtype} {points.shape}")
         if len(labels) != len(points) or len(names) != len(points):
             raise DataFormatError(source, f"{split}: {len(points)} clouds but {len(labels)} labels and {len(names)} names")
         if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
@@ -217,14 +217,15 @@ class SubsetPointClouds(PointCloudDataset):
 
 
 def mesh_cloud_loader(
-    num_points: int, oversample: int, seed: int, normalize: bool, load: Callable[[Path], "object"]
+    num_points: int, oversample: int, seed: int, normalize: bool, load: Callable[[Path], "object"],
+    names: Sequence[str],
 ) -> Callable[[Path, int], np.ndarray]:
     """A loader that reads a mesh and samples ``num_points`` (area-weighted, then FPS) with
-    normals; the sample is seeded per file so repeated runs see the same cloud."""
+    normals; the sample is seeded by the item's name, so runs repeat wherever the data lives."""
 
     def loader(path: Path, index: int) -> np.ndarray:
         mesh = load(path)
-        pts, nrm, _ = mesh_to_points(mesh.vertices, mesh.faces, num_points, oversample, item_seed(seed, path.name))
+        pts, nrm, _ = mesh_to_points(mesh.vertices, mesh.faces, num_points, oversample, item_seed(seed, names[index]))
         if normalize:
             pts = normalize_unit_sphere(pts)
         return np.concatenate([pts, nrm], axis=1)

@@ -151,17 +151,38 @@ def _read_npz(path: Path, num_points: int | None, subsample: Subsample, seed: in
             raise DataFormatError(path, f"is truncated or corrupt ({err})") from None
         except (zipfile.BadZipFile, OSError, EOFError) as err:
             raise DataFormatError(path, f"is truncated or corrupt ({err})") from None
-    all_labels = np.concatenate([arrays["train_y"].reshape(-1), arrays["test_y"].reshape(-1)]).astype(np.int64)
-    n_classes = int(all_labels.max(initial=-1)) + 1
-    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else [f"class_{i}" for i in range(n_classes)]
+    labels = {split: _integer_labels(path, f"{split}_y", arrays[f"{split}_y"]) for split in SPLITS}
+    n_classes = int(max(labels["train"].max(initial=-1), labels["test"].max(initial=-1))) + 1
+    classes = _strings(path, "classes", arrays["classes"]) if "classes" in arrays else [f"class_{i}" for i in range(n_classes)]
     up_axis = str(arrays["up_axis"]) if "up_axis" in arrays else None
     out = {}
     for split in SPLITS:
-        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"].reshape(-1)
-        names = [str(n) for n in arrays[f"{split}_names"]] if f"{split}_names" in arrays else [f"{split}_{i:05d}" for i in range(len(x))]
-        out[split] = ArrayPointClouds(np.asarray(x), y.astype(np.int64), classes, names, split, str(path),
+        x = arrays[f"{split}_x"]
+        if x.ndim != 3 or not np.issubdtype(x.dtype, np.number):
+            raise DataFormatError(path, f"{split}_x must be a numeric (S, N, 3) array, got {x.dtype} {x.shape}")
+        key = f"{split}_names"
+        names = _strings(path, key, arrays[key]) if key in arrays else [f"{split}_{i:05d}" for i in range(len(x))]
+        out[split] = ArrayPointClouds(np.asarray(x), labels[split], classes, names, split, str(path),
                                       num_points, subsample, seed, up_axis)
     return out
+
+
+def _integer_labels(path: Path, key: str, y: np.ndarray) -> np.ndarray:
+    """Labels as int64 (S,), accepting (S,) or (S, 1) integer or integer-valued float arrays."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.number):
+        raise DataFormatError(path, f"{key} must be a 1-D array of class indices, got {y.dtype} {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise DataFormatError(path, f"{key} holds values that are not whole class indices (NaN or fractions)")
+    return y.astype(np.int64)
+
+
+def _strings(path: Path, key: str, values: np.ndarray) -> list[str]:
+    """A 1-D array of names (str or bytes) as Python strings."""
+    if values.ndim != 1:
+        raise DataFormatError(path, f"{key} must be a 1-D array of names, got shape {values.shape}")
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()]
 
 
 # --- modelnet40_ply_hdf5_2048 ----------------------------------------------------------------
@@ -194,10 +215,15 @@ def _read_ply_hdf5(path: Path, num_points: int | None, subsample: Subsample, see
                         raise DataFormatError(f, f"lacks the 'data' and/or 'label' datasets (has {sorted(h5.keys())})")
                     data = np.asarray(h5["data"], dtype=np.float32)
                     if "normal" in h5:
-                        data = np.concatenate([data, np.asarray(h5["normal"], dtype=np.float32)], axis=2)
-                    label = np.asarray(h5["label"]).reshape(-1).astype(np.int64)
-            except OSError as err:
-                raise DataFormatError(f, f"is not a readable HDF5 file ({err})") from None
+                        normal = np.asarray(h5["normal"], dtype=np.float32)
+                        if normal.shape != data.shape:
+                            raise DataFormatError(f, f"has 'normal' {normal.shape} unlike 'data' {data.shape}")
+                        data = np.concatenate([data, normal], axis=2)
+                    label = _integer_labels(f, "label", np.asarray(h5["label"]).reshape(-1))
+            except (OSError, ValueError, TypeError) as err:
+                if isinstance(err, DataFormatError):
+                    raise
+                raise DataFormatError(f, f"is not a readable HDF5 point-cloud file ({err})") from None
             if data.ndim != 3 or len(label) != len(data):
                 raise DataFormatError(f, f"has data {data.shape} and {len(label)} labels")
             points.append(data)
@@ -217,9 +243,12 @@ def _h5_names(h5_file: Path, count: int) -> list[str]:
         candidates.insert(0, h5_file.parent / f"{match.group(1)}_{match.group(2)}_id2file.json")
     for candidate in candidates:
         if candidate.exists():
-            entries = json.loads(candidate.read_text())
-            if len(entries) == count:
-                return [Path(e).stem for e in entries]
+            try:
+                entries = json.loads(candidate.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise DataFormatError(candidate, f"is not valid JSON ({err})") from None
+            if isinstance(entries, list) and len(entries) == count:
+                return [Path(str(e)).stem for e in entries]
     return [f"{h5_file.stem}_{i}" for i in range(count)]
 
 
@@ -272,39 +301,75 @@ def _read_normal_resampled(path: Path, num_points: int | None, subsample: Subsam
                 raise DataFormatError(listing, f"names {name!r}, whose class {cls!r} is not in the shape names")
             labels.append(classes.index(cls))
             files.append(path / cls / f"{name}.txt")
-        probe = read_xyz_normal_txt(files[0]) if files else np.zeros((0, 6))
+        probe = _first_readable(files, on_error)
         out[split] = LazyPointClouds(files, np.array(labels), classes, names, split, str(path), loader,
                                      num_points or len(probe), has_normals=probe.shape[1] == 6, up_axis="y",
                                      on_error=on_error)
     return out
 
 
+def _first_readable(files: list[Path], on_error: OnError, tries: int = 20) -> np.ndarray:
+    """The first file that parses tells whether the split has normals and how many points."""
+    first_error = None
+    for f in files[:tries]:
+        try:
+            return read_xyz_normal_txt(f)
+        except DataFormatError as err:
+            if on_error == "raise":
+                raise
+            first_error = first_error or err
+    if files and first_error is not None and len(files) <= tries:
+        raise first_error  # nothing in the split is readable
+    return np.zeros((0, 6), np.float32)
+
+
 # --- folders of meshes ------------------------------------------------------------------------
+
+
+def _mesh_files(path: Path) -> tuple[list[str], list[tuple[Path, str, str | None]]]:
+    """Class names and (file, class, split or None) for ``<class>/...`` or ``{train,test}/<class>/...``."""
+
+    def meshes_under(folder: Path) -> list[Path]:
+        return sorted((f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in MESH_SUFFIXES),
+                      key=lambda f: str(f.relative_to(folder)))
+
+    top = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    found: list[tuple[Path, str, str | None]] = []
+    if top and all(d.name in SPLITS for d in top):  # split folders first
+        classes = sorted({c.name for d in top for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")})
+        for d in top:
+            for cls in classes:
+                if (d / cls).is_dir():
+                    found.extend((f, cls, d.name) for f in meshes_under(d / cls))
+        return classes, found
+    classes = [d.name for d in top]
+    for cls in classes:
+        for f in meshes_under(path / cls):
+            parts = f.relative_to(path / cls).parts[:-1]
+            found.append((f, cls, next((s for s in SPLITS if s in parts), None)))
+    return classes, found
 
 
 def _read_mesh_folder(path: Path, num_points: int, seed: int, on_error: OnError,
                       modelnet_layout: bool) -> dict[str, PointCloudDataset]:
-    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    per_split: dict[str, list[tuple[Path, int]]] = {s: [] for s in SPLITS}
-    for label, cls in enumerate(classes):
-        files = sorted((f for f in (path / cls).rglob("*") if f.is_file() and f.suffix.lower() in MESH_SUFFIXES),
-                       key=lambda f: str(f.relative_to(path)))
-        for position, f in enumerate(files):
-            parts = f.relative_to(path / cls).parts[:-1]
-            split = next((s for s in SPLITS if s in parts), None)
-            if split is None:
-                if modelnet_layout:
-                    continue
-                split = "test" if position % 5 == 4 else "train"
-            per_split[split].append((f, label))
-    classes_with_files = {label for items in per_split.values() for _, label in items}
-    if not classes_with_files:
+    classes, found = _mesh_files(path)
+    if not found:
         raise DataFormatError(path, f"holds no mesh files ({', '.join(MESH_SUFFIXES)}) in class folders")
-    loader = mesh_cloud_loader(num_points, oversample=4, seed=seed, normalize=True, load=load_mesh)
+    per_split: dict[str, list[tuple[Path, int]]] = {s: [] for s in SPLITS}
+    position: dict[str, int] = {}
+    for f, cls, split in found:
+        if split is None:
+            if modelnet_layout:
+                continue
+            # no split in the path: every fifth file of a class (in path order) is a test file
+            position[cls] = position.get(cls, -1) + 1
+            split = "test" if position[cls] % 5 == 4 else "train"
+        per_split[split].append((f, classes.index(cls)))
     out = {}
     for split, items in per_split.items():
         files = [f for f, _ in items]
         names = [_mesh_name(path, f) for f in files]
+        loader = mesh_cloud_loader(num_points, oversample=4, seed=seed, normalize=True, load=load_mesh, names=names)
         out[split] = LazyPointClouds(files, np.array([lab for _, lab in items], dtype=np.int64), classes, names,
                                      split, str(path), loader, num_points, has_normals=True,
                                      up_axis="z" if modelnet_layout else None, on_error=on_error)
@@ -312,9 +377,9 @@ def _read_mesh_folder(path: Path, num_points: int, seed: int, on_error: OnError,
 
 
 def _mesh_name(root: Path, file: Path) -> str:
-    """ModelNet files are named by their stem; ShapeNet's are all 'model_normalized', so use
-    the object folder there."""
-    rel = file.relative_to(root)
-    if file.stem == "model_normalized" and len(rel.parts) >= 3:
-        return f"{rel.parts[0]}/{rel.parts[1]}"
-    return file.stem
+    """ModelNet files are named by their stem; ShapeNet's are all 'model_normalized', so those
+    are named by their folders ('chair/<shapenet id>'), leaving out split and 'models' folders."""
+    if file.stem not in ("model_normalized", "model"):
+        return file.stem
+    folders = [p for p in file.relative_to(root).parts[:-1] if p not in SPLITS and p != "models"]
+    return "/".join(folders) or file.stem

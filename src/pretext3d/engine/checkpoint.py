@@ -9,6 +9,7 @@ architecture is detected from the parameter names. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,10 @@ from typing import Any
 
 from torch import nn
 
-from pretext3d.models import build_backbone, detect_reference, load_reference, read_state_dict
+from pretext3d.models import REFERENCES, build_backbone, detect_reference, load_reference, read_state_dict
 from pretext3d.utils.io import atomic_path
 
-__all__ = ["CheckpointError", "LoadedBackbone", "save_backbone", "load_backbone", "FORMAT"]
+__all__ = ["CheckpointError", "LoadedBackbone", "save_backbone", "load_backbone", "FORMAT", "REFERENCE_BACKBONES"]
 
 FORMAT = "pretext3d-backbone/1"
 
@@ -51,8 +52,14 @@ def save_backbone(path: str | Path, model: nn.Module, backbone: str, config: dic
     return path
 
 
-def _reference_backbone_name(reference: str) -> str:
-    return "pointnet" if "pointnet" in reference else "dgcnn"
+# our registry name for the module each reference architecture loads as
+REFERENCE_BACKBONES = {
+    "crosspoint-dgcnn": "dgcnn",
+    "jing-dgcnn512": "dgcnn",
+    "crosspoint-pointnet": "pointnet",
+    "crosspoint-dgcnn-partseg": "dgcnn-seg",
+    "deepgmr-pointnet": "pointnet-pointwise",
+}
 
 
 def load_backbone(path: str | Path, expected: str | None = None, **reference_config: Any) -> LoadedBackbone:
@@ -81,28 +88,37 @@ def load_backbone(path: str | Path, expected: str | None = None, **reference_con
     reference = detect_reference(state)
     if reference is None:
         raise CheckpointError(f"{path}: neither a pretext3d checkpoint nor weights of a known reference model")
-    name = _reference_backbone_name(reference)
+    name = REFERENCE_BACKBONES[reference]
     if expected is not None and expected != name:
         raise CheckpointError(f"{path}: holds a {reference} ({name}) model, not a {expected}")
+    accepted = inspect.signature(REFERENCES[reference]).parameters
+    config = {k: v for k, v in reference_config.items() if k in accepted}  # e.g. k only for DGCNNs
     try:
-        model = load_reference(reference, state, **reference_config)
-    except ValueError as err:
+        model = load_reference(reference, state, **config)
+    except (ValueError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{path}: {err}") from None
-    return LoadedBackbone(model, name, dict(reference_config), reference)
+    return LoadedBackbone(model, name, config, reference)
 
 
 def _load_ours(path: Path, metadata: dict[str, str], expected: str | None) -> LoadedBackbone:
     from safetensors.torch import load_file
 
-    name = metadata["backbone"]
+    try:
+        name = metadata["backbone"]
+        config = json.loads(metadata.get("config", "{}"))
+        extra = json.loads(metadata.get("extra", "{}"))
+    except (KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: damaged pretext3d metadata ({type(err).__name__}: {err})") from None
     if expected is not None and expected != name:
         raise CheckpointError(f"{path}: holds a {name} backbone, not a {expected}")
-    config = json.loads(metadata.get("config", "{}"))
-    model = build_backbone(name, **config)
-    result = model.load_state_dict(load_file(str(path)), strict=False)
+    try:
+        model = build_backbone(name, **config)
+        result = model.load_state_dict(load_file(str(path)), strict=False)
+    except (ValueError, TypeError, RuntimeError) as err:  # unknown name/config key, shape mismatch
+        raise CheckpointError(f"{path}: weights do not fit {name}({config}): {err}") from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path}: weights do not fit {name}({config}): missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}"
         )
-    return LoadedBackbone(model.eval(), name, config, "pretext3d", json.loads(metadata.get("extra", "{}")))
+    return LoadedBackbone(model.eval(), name, config, "pretext3d", extra)

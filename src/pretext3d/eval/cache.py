@@ -2,12 +2,15 @@
 
 Keys hash: the checkpoint file's bytes (or, for a random initialisation, the backbone config,
 init seed and BN-calibration settings), a fingerprint of the data (content hash of a file;
-relative paths, sizes and modification times of a folder's files), and every extraction setting
-(split, points, subsampling, seed, package version). Entries are .npz files written atomically.
+relative paths, sizes and modification times of a folder's files), every extraction setting
+(split, points, subsampling, seed) and a digest of the package's own source, so that a code
+change never returns features the current code would not compute. Entries are .npz files
+written atomically.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,7 +23,7 @@ from pretext3d import __version__
 from pretext3d.eval.features import Features
 from pretext3d.utils.io import atomic_path
 
-__all__ = ["FeatureCache", "file_digest", "data_fingerprint", "default_cache_dir"]
+__all__ = ["FeatureCache", "file_digest", "data_fingerprint", "default_cache_dir", "code_digest"]
 
 
 def default_cache_dir() -> Path:
@@ -36,13 +39,26 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def data_fingerprint(path: str | Path) -> str:
-    """Content hash of a file; for a folder, a hash of (relative path, size, mtime) of its files;
-    for a built-in spec, the spec itself."""
-    text = str(path)
-    if text.startswith("builtin"):
-        return f"{text}@{__version__}"
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """Hash of every .py file of the installed pretext3d package."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256(__version__.encode())
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def data_fingerprint(path: str | Path, fmt: str) -> str:
+    """Content hash of a file; for a folder (or a file of a multi-file format such as one
+    ply_data_*.h5), a hash of (relative path, size, mtime) of the folder's files; for the
+    built-in data, the spec (the generator's code is covered by ``code_digest``)."""
+    if fmt == "builtin":
+        return str(path)
     p = Path(path)
+    if p.is_file() and fmt == "ply_hdf5":
+        p = p.parent
     if p.is_file():
         return file_digest(p)
     h = hashlib.sha256()
@@ -58,7 +74,7 @@ class FeatureCache:
 
     @staticmethod
     def key(**parts: Any) -> str:
-        payload = json.dumps(dict(parts, version=__version__), sort_keys=True, default=str)
+        payload = json.dumps(dict(parts, code=code_digest()), sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     def _path(self, key: str) -> Path:

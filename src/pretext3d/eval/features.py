@@ -110,11 +110,12 @@ def _gather(local: Features) -> Features:
     """All processes' features, sorted back into dataset order."""
     parts: list[Features] = [None] * dist.get_world_size()  # type: ignore[list-item]
     dist.all_gather_object(parts, local)
-    indices = np.concatenate([p.indices for p in parts])
+    filled = [p for p in parts if len(p.indices)] or parts[:1]  # a rank may have read nothing
+    indices = np.concatenate([p.indices for p in filled])
     order = np.argsort(indices, kind="stable")
     return Features(
-        np.concatenate([p.features for p in parts])[order],
-        np.concatenate([p.labels for p in parts])[order],
+        np.concatenate([p.features for p in filled])[order],
+        np.concatenate([p.labels for p in filled])[order],
         indices[order],
         [msg for p in parts for msg in p.skipped],
         max(p.seconds for p in parts),
@@ -139,8 +140,12 @@ def calibrate_batchnorm(
     activations, so eval-mode features would be badly scaled. This resets them, runs the model
     in training mode (dropout off) on ``num_clouds`` randomly chosen clouds of ``dataset`` in
     batches of ``batch_size``, and keeps the cumulative average of the batch statistics
-    (momentum=None). Weights are untouched. Returns the number of clouds used.
+    (momentum=None). Weights are untouched. Returns the number of clouds used. A final batch
+    of a single cloud is left out (a BatchNorm over one vector per cloud, as in a projection
+    head, has no statistics for it).
     """
+    if batch_size < 2:
+        raise ValueError(f"BatchNorm calibration needs batches of at least 2 clouds, got {batch_size}")
     device = torch.device(device)
     model = model.to(device)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -159,10 +164,12 @@ def calibrate_batchnorm(
     batches = _loader(Subset(dataset, chosen), batch_size, num_workers)
     for batch in progress_bar(batches, desc="BN calibration", unit="batch", enabled=progress):
         if "points" not in batch or len(batch["points"]) < 2:
-            continue  # a batch of one has no batch statistics
+            continue
         model(*_model_inputs(batch, device, use_normals))
         used += len(batch["points"])
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.eval()
+    if used == 0:
+        raise ValueError("BatchNorm calibration found no readable training clouds")
     return used

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from pretext3d.data.readers import detect_format, open_splits
-from pretext3d.engine.checkpoint import load_backbone
+from pretext3d.engine.checkpoint import CheckpointError, load_backbone
 from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
 from pretext3d.eval.features import Features, calibrate_batchnorm, extract_features
 from pretext3d.eval.linear_svm import DEFAULT_C_GRID, fit_linear_svm
@@ -24,7 +25,7 @@ __all__ = ["LinearSVMConfig", "run_linear_svm", "backbone_config", "BN_CALIBRATI
 BN_CALIBRATION_NOTE = (
     "random init: BatchNorm running statistics reset and set to the cumulative average of the "
     "batch statistics over {clouds} randomly chosen training clouds (train mode, batches of "
-    "{batch}, dropout off, seed {seed}); weights untouched"
+    "{batch}, dropout off, seed {seed}; clouds actually used per seed in per_seed); weights untouched"
 )
 
 
@@ -63,9 +64,9 @@ def backbone_config(name: str, k: int = 20, emb_dims: int = 1024) -> dict[str, A
     raise ValueError(f"the linear-SVM protocol supports backbones pointnet and dgcnn, not {name!r}")
 
 
-def _weights_id(cfg: LinearSVMConfig, seed: int) -> dict[str, Any]:
+def _weights_id(cfg: LinearSVMConfig, seed: int, checkpoint_digest: str | None) -> dict[str, Any]:
     if cfg.checkpoint:
-        return {"checkpoint": file_digest(cfg.checkpoint), "k": cfg.k}
+        return {"checkpoint": checkpoint_digest, "backbone": cfg.backbone, "k": cfg.k}
     return {"random_init": backbone_config(cfg.backbone, cfg.k, cfg.emb_dims), "backbone": cfg.backbone,
             "init_seed": seed, "bn_clouds": cfg.bn_calibration_clouds, "bn_batch": cfg.batch_size}
 
@@ -82,25 +83,29 @@ def run_linear_svm(cfg: LinearSVMConfig, log=print) -> dict[str, Any]:
     fmt = detect_format(cfg.data)
     device = resolve_device(cfg.device)
     cache = FeatureCache(cfg.cache_dir) if cfg.use_cache else None
-    data_id = data_fingerprint(cfg.data)
-    per_seed, loaded_info = [], None
+    data_id = data_fingerprint(cfg.data, fmt)
+    if cfg.checkpoint and not Path(cfg.checkpoint).is_file():
+        raise CheckpointError(f"{cfg.checkpoint}: does not exist")
+    checkpoint_digest = file_digest(cfg.checkpoint) if cfg.checkpoint else None
+    per_seed = []
     for seed in cfg.seeds:
         splits = open_splits(cfg.data, cfg.num_points, cfg.subsample, seed, cfg.subset, on_error="skip", fmt=fmt)
         keys = {
-            split: FeatureCache.key(weights=_weights_id(cfg, seed), data=data_id, fmt=fmt, subset=cfg.subset, split=split,
-                                    points=cfg.num_points, subsample=cfg.subsample,
+            split: FeatureCache.key(weights=_weights_id(cfg, seed, checkpoint_digest), data=data_id, fmt=fmt,
+                                    subset=cfg.subset, split=split, points=cfg.num_points, subsample=cfg.subsample,
                                     sample_seed=seed if _seed_matters(cfg, fmt) else None)
             for split in ("train", "test")
         }
         feats: dict[str, Features | None] = {s: cache.get(k) if cache else None for s, k in keys.items()}
-        model, info = None, None
+        # building is cheap and checks that a checkpoint holds the requested backbone; the
+        # calibration and the embedding are what the cache saves
+        model, info = _build_model(cfg, seed)
+        normals = _takes_normals(model)
         calibrated = None
-        if any(f is None for f in feats.values()):
-            model, info = _build_model(cfg, seed)
-            normals = _takes_normals(model)
-            if cfg.random_init:
-                calibrated = calibrate_batchnorm(model, splits["train"], cfg.bn_calibration_clouds, cfg.batch_size,
-                                                 seed, device, cfg.num_workers, normals, progress=cfg.progress)
+        needs_model = any(f is None for f in feats.values())
+        if needs_model and cfg.random_init:
+            calibrated = calibrate_batchnorm(model, splits["train"], cfg.bn_calibration_clouds, cfg.batch_size,
+                                             seed, device, cfg.num_workers, normals, progress=cfg.progress)
         for split, key in keys.items():
             if feats[split] is None:
                 feats[split] = extract_features(model, splits[split], cfg.batch_size, device, cfg.num_workers,
@@ -111,14 +116,11 @@ def run_linear_svm(cfg: LinearSVMConfig, log=print) -> dict[str, Any]:
         result = fit_linear_svm(train.features, train.labels, test.features, test.labels, cfg.C, cfg.C_grid,
                                 cfg.folds, cfg.svm, cfg.standardize, seed, log=log if cfg.progress else None)
         per_seed.append({"seed": seed, **result.to_dict(), "extract_seconds": train.seconds + test.seconds,
-                         "cached": model is None, "bn_calibration_clouds": calibrated,
+                         "cached": not needs_model, "bn_calibration_clouds": calibrated,
                          "skipped": train.skipped + test.skipped})
-        if info is None and cfg.random_init:  # every feature came from the cache
-            info = {"source": "random-init", "config": backbone_config(cfg.backbone, cfg.k, cfg.emb_dims)}
-        loaded_info = loaded_info or info
         log(f"seed {seed}: accuracy {100 * result.accuracy:.2f}% (class mean {100 * result.class_mean_accuracy:.2f}%), "
-            f"C={result.C:g}, {result.feature_dim}-d features" + (" [cached]" if model is None else ""))
-    return _report(cfg, fmt, splits, per_seed, loaded_info, str(device))
+            f"C={result.C:g}, {result.feature_dim}-d features" + ("" if needs_model else " [cached]"))
+    return _report(cfg, fmt, splits, per_seed, info, str(device))
 
 
 def _takes_normals(model: torch.nn.Module) -> bool:
@@ -137,7 +139,7 @@ def _build_model(cfg: LinearSVMConfig, seed: int) -> tuple[torch.nn.Module, dict
 
 def describe_sampling(fmt: str, subsample: str) -> str:
     if fmt in ("modelnet_meshes", "mesh_folder", "builtin"):
-        return "area-weighted surface samples reduced by FPS (seeded per object)"
+        return "area-weighted surface samples reduced by FPS, seeded per object"
     return {"first": "first N stored points", "random": "N random stored points (seeded)",
             "fps": "FPS of the stored points"}[subsample]
 
@@ -161,7 +163,8 @@ def _report(cfg: LinearSVMConfig, fmt: str, splits, per_seed: list[dict], info, 
         "backbone_config": (info or {}).get("config"),
         "weights": cfg.checkpoint or "random-init",
         "weights_source": (info or {}).get("source"),
-        "bn_calibration": BN_CALIBRATION_NOTE.format(clouds=cfg.bn_calibration_clouds, batch=cfg.batch_size, seed="= eval seed")
+        "bn_calibration": BN_CALIBRATION_NOTE.format(
+            clouds=min(cfg.bn_calibration_clouds, len(splits["train"])), batch=cfg.batch_size, seed="= the seed of the run")
         if cfg.random_init else None,
         "num_points": cfg.num_points,
         "subsample": cfg.subsample,

@@ -3,13 +3,15 @@
 All functions work on any device. On CPU with numba, the selection and the gathers run in the
 fused kernels of :mod:`pretext3d._kernels`; elsewhere (GPU, or ``PRETEXT3D_NO_NUMBA=1``) they
 run as chunked torch code. Memory stays bounded: distances are formed ``rows x N`` at a time
-and no ``(B, M, k, C)`` tensor is ever built.
+and the reductions never build a ``(B, M, k, C)`` tensor (only ``knn(sorted=True)`` gathers the
+neighbours' coordinates to order them).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from pretext3d import _kernels
 
@@ -46,11 +48,14 @@ def knn(points: Tensor, k: int, query: Tensor | None = None, sorted: bool = Fals
     with torch.no_grad():
         points = points.detach()
         query = query.detach()
+        if not (torch.isfinite(points).all() and torch.isfinite(query).all()):
+            raise ValueError("knn: the points contain NaN or infinite values")
         if points.dtype not in (torch.float32, torch.float64):
             points, query = points.float(), query.float()
+        query = query.to(points.dtype)
         ref_sq = (points * points).sum(-1)  # (B, N)
         if uses_fast_kernels(points):
-            idx = _knn_cpu_kernel(points.float(), query.float(), ref_sq.float(), k)
+            idx = _knn_cpu_kernel(points, query, ref_sq, k)
         else:
             idx = _knn_torch(points, query, ref_sq, k)
         if sorted:
@@ -132,10 +137,15 @@ def gather_sum(values: Tensor, idx: Tensor) -> Tensor:
 
 
 def _check_gather_args(values: Tensor, idx: Tensor) -> None:
-    if values.dim() != 3 or idx.dim() != 3 or values.shape[0] != idx.shape[0]:
+    """Shapes, and indices in range (the CPU kernels do not bounds-check)."""
+    if values.dim() != 3 or idx.dim() != 3 or values.shape[0] != idx.shape[0] or idx.shape[2] < 1:
         raise ValueError(
-            f"expected values (B, N, C) and idx (B, M, k), got {tuple(values.shape)} and {tuple(idx.shape)}"
+            f"expected values (B, N, C) and idx (B, M, k >= 1), got {tuple(values.shape)} and {tuple(idx.shape)}"
         )
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= values.shape[1]):
+        raise IndexError(f"neighbour indices must lie in [0, {values.shape[1]}), found {int(idx.min())}..{int(idx.max())}")
+    if uses_fast_kernels(values) and values.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"the CPU kernels support float32/float64, got {values.dtype}")
 
 
 def _chunked_over_queries(values: Tensor, idx: Tensor, reduce) -> Tensor:
@@ -152,8 +162,6 @@ class _GatherMaxCPU(torch.autograd.Function):
     def forward(ctx, values: Tensor, idx: Tensor) -> Tensor:  # type: ignore[override]
         _kernels.set_threads(torch.get_num_threads())
         values_c = values.detach().contiguous()
-        if values_c.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"gather_max supports float32/float64 on CPU, got {values_c.dtype}")
         idx_c = idx.contiguous()
         out = values_c.new_empty(idx.shape[0], idx.shape[1], values.shape[2])
         if ctx.needs_input_grad[0]:
@@ -166,6 +174,7 @@ class _GatherMaxCPU(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         (arg,) = ctx.saved_tensors
         grad_out = grad_out.contiguous()
@@ -187,6 +196,7 @@ class _GatherSumCPU(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         # The adjoint of a gather-sum is a scatter-sum; run it as a gather over the transposed
         # graph (CSR) so that every output row has one writer: 3 ms instead of 13 ms (C=64) and

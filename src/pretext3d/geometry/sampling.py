@@ -76,7 +76,9 @@ def farthest_point_sample(
     or shared);  returns int64 indices (num_samples,) or (B, num_samples) of the same library
     as the input. Each next sample is the point farthest (Euclidean) from those chosen so far;
     ties go to the lowest index. ``auto`` picks the numba kernel for CPU data and the batched
-    torch loop on other devices; all backends return the same indices (tested).
+    torch loop on other devices. On CPU both compute distances in float64 and return the same
+    indices (tested); on a GPU the torch loop uses float32, and fpsample is float32 too, so
+    near-ties (~1e-10 apart) can resolve differently.
     """
     as_numpy = isinstance(points, np.ndarray)
     pts = torch.from_numpy(np.ascontiguousarray(points)) if as_numpy else points
@@ -89,6 +91,8 @@ def farthest_point_sample(
     if not 1 <= num_samples <= n_points:
         raise ValueError(f"cannot draw {num_samples} samples from {n_points} points")
     starts = torch.as_tensor(start, dtype=torch.int64).expand(n_batch).contiguous()
+    if int(starts.min()) < 0 or int(starts.max()) >= n_points:
+        raise ValueError(f"FPS start index must lie in [0, {n_points}), got {starts.tolist()}")
     if backend == "auto":
         backend = "numba" if (_kernels.AVAILABLE and pts.device.type == "cpu") else "torch"
     if backend == "numba":

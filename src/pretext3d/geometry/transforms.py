@@ -78,19 +78,25 @@ def rotation_about_axis(angles: Tensor, axis: Axis = "z") -> Tensor:
 
 
 def _apply_linear(points: Tensor, matrix: Tensor) -> Tensor:
-    """xyz <- M xyz; normals <- M^-T n, re-normalised. matrix: (B, 3, 3)."""
-    out = points.clone()
-    out[..., :3] = points[..., :3] @ matrix.transpose(-1, -2)
+    """xyz <- M xyz; normals <- M^-T n, re-normalised. matrix: (B, 3, 3). Computed in at least
+    float32 (half precision has no matrix inverse on CPU), returned in the points' dtype."""
+    work = torch.promote_types(points.dtype, torch.float32)
+    pts, matrix = points.to(work), matrix.to(device=points.device, dtype=work)
+    out = pts.clone()
+    out[..., :3] = pts[..., :3] @ matrix.transpose(-1, -2)
     if points.shape[-1] >= 6:
         normal_map = torch.linalg.inv(matrix)  # (M^-T n)^T = n^T M^-1
-        n = points[..., 3:6] @ normal_map
+        n = pts[..., 3:6] @ normal_map
         out[..., 3:6] = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return out
+    return out.to(points.dtype)
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, like: Tensor, generator) -> Tensor:
-    u = torch.rand(shape, generator=generator, dtype=like.dtype, device="cpu")
-    return (low + (high - low) * u).to(like.device)
+    """Uniform draws made in float32 on the CPU generator, then moved to ``like``'s device (and
+    dtype unless it is a half type, where angles and factors would be coarsely quantised)."""
+    u = torch.rand(shape, generator=generator, dtype=torch.float32, device="cpu")
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    return (low + (high - low) * u).to(device=like.device, dtype=dtype)
 
 
 def random_rotate_up(points: Tensor, up_axis: Axis = "z", generator: torch.Generator | None = None) -> Tensor:
@@ -118,7 +124,7 @@ def random_translate(
     """Shift each cloud by a per-axis offset uniform in [low, high]."""
     shift = _uniform((points.shape[0], 1, 3), low, high, points, generator)
     out = points.clone()
-    out[..., :3] = points[..., :3] + shift
+    out[..., :3] = (points[..., :3] + shift).to(points.dtype)
     return out
 
 
@@ -126,8 +132,8 @@ def jitter(
     points: Tensor, sigma: float = 0.01, clip: float = 0.05, generator: torch.Generator | None = None
 ) -> Tensor:
     """Add per-point Gaussian noise N(0, sigma^2), clipped to [-clip, clip], to xyz."""
-    noise = torch.randn(points.shape[:-1] + (3,), generator=generator, dtype=points.dtype)
-    noise = (sigma * noise).clamp_(-clip, clip).to(points.device)
+    noise = torch.randn(points.shape[:-1] + (3,), generator=generator, dtype=torch.float32)
+    noise = (sigma * noise).clamp_(-clip, clip).to(device=points.device, dtype=points.dtype)
     out = points.clone()
     out[..., :3] = points[..., :3] + noise
     return out

@@ -162,6 +162,7 @@ class DGCNNSeg(nn.Module):
         return self.emb_dims
 
     def forward(self, points: Tensor, categories: Tensor | None = None, need_local: bool = True) -> PointFeatures:
+        """need_local is accepted for a uniform interface; the point-wise outputs need local."""
         join_point_features(points, None)  # shape check
         x = points
         if self.transform_net is not None:

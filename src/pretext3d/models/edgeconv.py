@@ -22,7 +22,8 @@ the paper describes. ``impl="fast"`` never builds it:
   which needs only per-point sums (a gather-sum), not the edge tensor.
 
 Gradients flow through all of it (the max sends its gradient to the winning neighbour, as the
-plain max does). Blocks with several convolutions before the max (DGCNN's segmentation network)
+plain max does). The BatchNorm statistics are those of the local batch (as nn.BatchNorm does
+under DDP); converting to SyncBatchNorm does not reach EdgeConv's own statistics. Blocks with several convolutions before the max (DGCNN's segmentation network)
 use the split for the first convolution and materialise the later ones, chunked in eval mode.
 """
 
@@ -45,8 +46,11 @@ EdgeImpl = Literal["fast", "plain"]
 def edge_batch_stats(y: Tensor, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and biased variance of e_ij = y_j + z_i over all edges (formula above).
 
-    y, z: (B, N, C);  idx: (B, N, k)  ->  mean (C,), var (C,).
+    y, z: (B, N, C);  idx: (B, N, k)  ->  mean (C,), var (C,), in float32 at least (sums over
+    B N k edges overflow half precision).
     """
+    if y.dtype in (torch.float16, torch.bfloat16):
+        y, z = y.float(), z.float()
     n_batch, n_points, _ = y.shape
     k = idx.shape[-1]
     n_edges = n_batch * n_points * k

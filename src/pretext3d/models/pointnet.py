@@ -88,7 +88,8 @@ class PointNetPointwise(nn.Module):
         return pooled_width(self.local_dim, self.pooling)
 
     def forward(self, points: Tensor, features: Tensor | None = None, need_local: bool = True) -> PointFeatures:
-        x = join_point_features(points, features)
+        """need_local is accepted for a uniform interface; the point-wise outputs need local."""
+        x = join_point_features(points, features, self.in_channels, "PointNetPointwise")
         for layer in self.encoder:
             x = layer(x)
         local = x

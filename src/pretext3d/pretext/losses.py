@@ -32,8 +32,9 @@ class NTXentLoss(nn.Module):
         L = -1/(2B) sum_a log( exp(s_{a,p(a)}) / sum_{b != a} exp(s_ab) )
 
     With ``gather_distributed=True`` the negatives are taken from the whole global batch across
-    processes (rows stay local, columns are global), so the loss matches a single-process run on
-    the global batch.
+    processes (rows stay local, columns are global), so the mean of the processes' losses equals
+    a single-process run on the global batch (tested); every process must have the same batch
+    size (use ``drop_last=True``).
     """
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = False):

@@ -1,1 +1,1 @@
-"""Small utilities: progress reporting, atomic file writes, hashing."""
+"""Small utilities: progress reporting, crash-safe file writes, device selection."""
