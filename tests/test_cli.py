@@ -105,3 +105,22 @@ def test_demo_runs_end_to_end_on_a_small_builtin_set(tmp_path, capsys):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "pretext3d.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "pretext3d" in result.stdout
+
+
+def test_kernels_in_forked_data_loader_workers():
+    """Workers forked after the parent started the kernels' thread pool fall back to serial
+    kernels / torch code instead of aborting (numba's OpenMP pool is not fork-safe)."""
+    code = """
+import torch
+from torch.utils.data import DataLoader, Dataset
+from pretext3d.geometry import knn, farthest_point_sample
+class D(Dataset):
+    def __len__(self): return 4
+    def __getitem__(self, i):
+        x = torch.rand(2, 200, 3)
+        return knn(x, 5).sum() + farthest_point_sample(x, 10).sum() + farthest_point_sample(x[0], 10).sum()
+knn(torch.rand(4, 300, 3), 8)
+print(len([v for v in DataLoader(D(), batch_size=2, num_workers=2)]))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "2", result.stderr[-2000:]

@@ -21,8 +21,9 @@ _CHUNK_BYTES = 16 * 2**20  # size of one block of distances: cache-friendly, bou
 
 
 def uses_fast_kernels(tensor: Tensor) -> bool:
-    """Whether operations on ``tensor`` run in the numba CPU kernels."""
-    return _kernels.AVAILABLE and tensor.device.type == "cpu"
+    """Whether operations on ``tensor`` run in the numba CPU kernels (CPU tensors, and not in a
+    forked child of a process that started the kernels' thread pool)."""
+    return tensor.device.type == "cpu" and _kernels.parallel_usable()
 
 
 def _rows_per_chunk(n_ref: int, itemsize: int = 4) -> int:

@@ -94,7 +94,9 @@ def farthest_point_sample(
     if int(starts.min()) < 0 or int(starts.max()) >= n_points:
         raise ValueError(f"FPS start index must lie in [0, {n_points}), got {starts.tolist()}")
     if backend == "auto":
-        backend = "numba" if (_kernels.AVAILABLE and pts.device.type == "cpu") else "torch"
+        cpu = pts.device.type == "cpu"
+        one_cloud = n_batch == 1  # the serial kernel runs anywhere, even in forked workers
+        backend = "numba" if cpu and (_kernels.parallel_usable() or (_kernels.AVAILABLE and one_cloud)) else "torch"
     if backend == "numba":
         idx = _fps_numba(pts, num_samples, starts)
     elif backend == "torch":
@@ -111,14 +113,14 @@ def farthest_point_sample(
 def _fps_numba(points: Tensor, num_samples: int, starts: Tensor) -> Tensor:
     if not _kernels.AVAILABLE:
         raise RuntimeError("the numba FPS backend needs numba")
-    _kernels.set_threads(torch.get_num_threads())
     pts = points.detach().cpu().contiguous()
     if pts.dtype not in (torch.float32, torch.float64):
         pts = pts.float()
     out = torch.empty(pts.shape[0], num_samples, dtype=torch.int64)
-    if pts.shape[0] == 1:  # one cloud (data loading): no thread pool needed
+    if pts.shape[0] == 1:  # one cloud (data loading): serial, never touches the thread pool
         _kernels.farthest_point_sample_one(pts[0].numpy(), int(starts[0]), out[0].numpy())
     else:
+        _kernels.set_threads(torch.get_num_threads())
         _kernels.farthest_point_sample(pts.numpy(), starts.numpy(), out.numpy())
     return out.to(points.device)
 
