@@ -89,25 +89,30 @@ if AVAILABLE:
             _sift_down_from(heap_val, heap_idx, size, start)
 
     @njit(inline="always", cache=True)
+    def _block_minima(key, block_min):  # pragma: no cover - compiled
+        """block_min[b] = min(key[16 b : 16 b + 16]) for the whole blocks of ``key``."""
+        for b in range(key.shape[0] // _BLOCK):
+            lo = key[b * _BLOCK]
+            for q in range(1, _BLOCK):
+                v = key[b * _BLOCK + q]
+                if v < lo:
+                    lo = v
+            block_min[b] = lo
+
+    @njit(inline="always", cache=True)
     def _k_smallest(key, k, block_min, cand, heap_val, heap_idx, out_row):  # pragma: no cover
-        """Indices of the k smallest entries of ``key`` (any order) into ``out_row``.
+        """Indices of the k smallest entries of ``key`` (any order) into ``out_row``;
+        ``block_min`` must hold the minima of key's whole blocks of 16.
 
         Bound: the k-th smallest of the block minima is >= the k-th smallest key (the k blocks
         with the smallest minima hold k distinct keys no larger than it). Only keys under that
-        bound can be among the k smallest, so a heap is run over those few candidates instead
-        of the whole row; most keys cost one predictable comparison.
+        bound can be among the k smallest, and they lie in blocks whose minimum is under it, so
+        only those few blocks are scanned and a heap runs over the few candidates they hold.
         """
         m = key.shape[0]
         n_blocks = m // _BLOCK
         n_cand = 0
         if n_blocks >= k:
-            for b in range(n_blocks):
-                lo = key[b * _BLOCK]
-                for q in range(1, _BLOCK):
-                    v = key[b * _BLOCK + q]
-                    if v < lo:
-                        lo = v
-                block_min[b] = lo
             for j in range(k):
                 heap_val[j] = block_min[j]
                 heap_idx[j] = j
@@ -117,10 +122,12 @@ if AVAILABLE:
                     heap_val[0] = block_min[b]
                     _sift_down(heap_val, heap_idx, k)
             bound = heap_val[0]
-            for j in range(n_blocks * _BLOCK):
-                if key[j] <= bound:
-                    cand[n_cand] = j
-                    n_cand += 1
+            for b in range(n_blocks):
+                if block_min[b] <= bound:
+                    for j in range(b * _BLOCK, (b + 1) * _BLOCK):
+                        if key[j] <= bound:
+                            cand[n_cand] = j
+                            n_cand += 1
             for j in range(n_blocks * _BLOCK, m):  # the tail outside whole blocks
                 cand[n_cand] = j
                 n_cand += 1
@@ -159,6 +166,7 @@ if AVAILABLE:
             g = gram[r]
             for j in range(m):
                 key[j] = ref_sq[j] - (g[j] + g[j])  # 2 g in the input's own precision
+            _block_minima(key, block_min)
             _k_smallest(key, k, block_min, cand, heap_val, heap_idx, out[r])
 
     @njit(parallel=True, cache=True)
