@@ -1,7 +1,8 @@
 """DGCNN: our EdgeConv against the plain form of the paper, same weights and inputs, one run.
 
 Measures, for B=16, N=1024, k=20, emb_dims=1024 (override with flags):
-  * eval forward time and a training step (forward + backward + SGD step), median of repeats;
+  * eval forward time and a training step (forward + backward + SGD step), medians of repeats
+    taken alternately (ours, plain, ours, ...) so that the machine's drift hits both;
   * peak resident memory of each (a fresh child process per variant; RSS above the baseline
     taken right before the measured call, so weights and inputs are not counted);
   * max |ours - plain| of the global features on random inputs;
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from _common import timed
+from _common import timed, timed_pair
 from pretext3d.geometry import knn
 from pretext3d.models import DGCNN
 from pretext3d.models.dgcnn import plain_knn
@@ -125,8 +126,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--emb-dims", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--plain-repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats of ours and plain")
     parser.add_argument("--child-impl", default="")
     parser.add_argument("--child-mode", default="eval")
     parser.add_argument("--child-n", type=int, default=0)
@@ -141,12 +141,10 @@ def main() -> None:
         "config": {"batch": args.batch, "points": args.points, "k": args.k, "emb_dims": args.emb_dims,
                    "threads": args.threads, "torch": torch.__version__},
     }
-    t_fast = timed(eval_fn(fast, points), args.repeats)
-    t_plain = timed(eval_fn(plain, points), args.plain_repeats)
+    t_fast, t_plain = timed_pair(eval_fn(fast, points), eval_fn(plain, points), args.repeats)
     out_fast, out_plain = eval_fn(fast, points)(), eval_fn(plain, points)()
     max_diff = float((out_fast.global_ - out_plain.global_).abs().max())
-    s_fast = timed(train_step_fn(fast, points), args.repeats)
-    s_plain = timed(train_step_fn(plain, points), args.plain_repeats)
+    s_fast, s_plain = timed_pair(train_step_fn(fast, points), train_step_fn(plain, points), args.repeats)
 
     feats = torch.randn(args.batch, args.points, 64, generator=torch.Generator().manual_seed(3))
     t_topk = timed(lambda: plain_knn(feats, args.k), args.repeats)
