@@ -103,8 +103,11 @@ def test_demo_runs_end_to_end_on_a_small_builtin_set(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "pretext3d.cli", "--version"], capture_output=True, text=True)
-    assert result.returncode == 0 and "pretext3d" in result.stdout
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "pretext3d"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip().startswith("pretext3d ")
 
 
 def test_kernels_in_forked_data_loader_workers():
