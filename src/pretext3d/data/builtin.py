@@ -11,6 +11,7 @@ parts of class c and ``part_offset(c)`` is the id of its first part.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Callable
@@ -476,8 +477,6 @@ def export_builtin_meshes(out_dir: str | Path, seed: int = 0, train: int = 40, t
         folder.mkdir(parents=True, exist_ok=True)
         text = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).export(file_type="off")
         atomic_write_bytes(folder / f"{name}.off", text.encode() if isinstance(text, str) else text)
-        import io
-
         buf = io.BytesIO()
         np.save(buf, mesh.face_labels)
         atomic_write_bytes(folder / f"{name}.parts.npy", buf.getvalue())

@@ -44,6 +44,7 @@ from pretext3d.data.pointclouds import (
 
 __all__ = [
     "FORMATS",
+    "MESH_FORMATS",
     "MODELNET10_CLASSES",
     "detect_format",
     "open_splits",
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 FORMATS = ("npz", "ply_hdf5", "normal_resampled", "modelnet_meshes", "mesh_folder", "builtin")
+MESH_FORMATS = ("modelnet_meshes", "mesh_folder", "builtin")  # clouds sampled from meshes, seeded
 MODELNET10_CLASSES = ["bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet"]
 SPLITS = ("train", "test")
 OnError = Literal["raise", "skip"]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretext3d.data.readers import detect_format, open_splits
+from pretext3d.data.readers import MESH_FORMATS, detect_format, open_splits
 from pretext3d.engine.checkpoint import CheckpointError, load_backbone
 from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
 from pretext3d.eval.features import Features, calibrate_batchnorm, extract_features
@@ -73,7 +73,7 @@ def _weights_id(cfg: LinearSVMConfig, seed: int, checkpoint_digest: str | None) 
 
 def _seed_matters(cfg: LinearSVMConfig, fmt: str) -> bool:
     """Whether the seed changes the clouds (random subsampling, sampling of meshes)."""
-    return cfg.subsample != "first" or fmt in ("modelnet_meshes", "mesh_folder", "builtin")
+    return cfg.subsample != "first" or fmt in MESH_FORMATS
 
 
 def run_linear_svm(cfg: LinearSVMConfig, log=print) -> dict[str, Any]:
@@ -138,7 +138,7 @@ def _build_model(cfg: LinearSVMConfig, seed: int) -> tuple[torch.nn.Module, dict
 
 
 def describe_sampling(fmt: str, subsample: str) -> str:
-    if fmt in ("modelnet_meshes", "mesh_folder", "builtin"):
+    if fmt in MESH_FORMATS:
         return "area-weighted surface samples reduced by FPS, seeded per object"
     return {"first": "first N stored points", "random": "N random stored points (seeded)",
             "fps": "FPS of the stored points"}[subsample]

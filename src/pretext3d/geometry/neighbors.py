@@ -60,7 +60,7 @@ def knn(points: Tensor, k: int, query: Tensor | None = None, sorted: bool = Fals
         else:
             idx = _knn_torch(points, query, ref_sq, k)
         if sorted:
-            d = _squared_distances_at(points, query, idx)
+            d = _squared_distances_at(points, query, ref_sq, idx)
             idx = idx.gather(-1, d.argsort(dim=-1))
     return idx
 
@@ -91,9 +91,8 @@ def _knn_torch(points: Tensor, query: Tensor, ref_sq: Tensor, k: int) -> Tensor:
     return out
 
 
-def _squared_distances_at(points: Tensor, query: Tensor, idx: Tensor) -> Tensor:
-    """|query_i - points_idx[i, j]|^2: (B, M, k), computed without a (B, M, k, C) tensor."""
-    ref_sq = (points * points).sum(-1)
+def _squared_distances_at(points: Tensor, query: Tensor, ref_sq: Tensor, idx: Tensor) -> Tensor:
+    """|query_i - points_idx[i, j]|^2: (B, M, k); ref_sq: (B, N) squared norms of points."""
     q_sq = (query * query).sum(-1, keepdim=True)
     cross = torch.einsum("bmc,bmkc->bmk", query, _gather_rows(points, idx))
     return q_sq + ref_sq.gather(1, idx.flatten(1)).view_as(idx) - 2 * cross

@@ -22,11 +22,9 @@ __all__ = [
     "random_translate",
     "jitter",
     "random_point_dropout",
-    "AXES",
 ]
 
 Axis = Literal["x", "y", "z"]
-AXES: dict[str, int] = {"x": 0, "y": 1, "z": 2}
 
 
 def normalize_unit_sphere(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -44,9 +44,6 @@ class PointFeatures:
     centres: Tensor
     projection: Tensor | None = None
     point_logits: Tensor | None = None
-
-    def to_dict(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
 def activation(x: Tensor, kind: Activation) -> Tensor:
