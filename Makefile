@@ -10,6 +10,7 @@ STAMP := $(VENV)/.pretext3d-installed
 .PHONY: install demo test bench bench-modelnet40 clean
 
 $(STAMP): pyproject.toml
+	@./scripts/ensure-gl-libs.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
@@ -28,6 +29,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/bench_dgcnn.py
 	$(PY) benchmarks/bench_fps.py
+	$(PY) benchmarks/bench_render.py
 
 bench-modelnet40: $(STAMP)
 	$(PY) benchmarks/modelnet40_linear_svm.py

@@ -321,3 +321,25 @@ if AVAILABLE:
         """
         for b in prange(points.shape[0]):
             farthest_point_sample_one(points[b], starts[b], out[b])
+
+    @njit(cache=True)
+    def splat_zbuffer(u, v, z, radius, zbuf, index):  # pragma: no cover - compiled
+        """Z-buffered disc splats. u, v, z, radius: (N,) column, row, depth, pixel radius;
+        zbuf: (H, W) initialised to +inf; index: (H, W) int64 initialised to -1. A pixel takes
+        the nearest point whose disc covers its centre (ties: the lower index)."""
+        height, width = zbuf.shape
+        for i in range(u.shape[0]):
+            if not z[i] > 0:
+                continue
+            r = radius[i]
+            x0 = max(0, int(np.floor(u[i] - r)))
+            x1 = min(width - 1, int(np.floor(u[i] + r)))
+            y0 = max(0, int(np.floor(v[i] - r)))
+            y1 = min(height - 1, int(np.floor(v[i] + r)))
+            for y in range(y0, y1 + 1):
+                dy = y + 0.5 - v[i]
+                for x in range(x0, x1 + 1):
+                    dx = x + 0.5 - u[i]
+                    if dx * dx + dy * dy <= r * r and z[i] < zbuf[y, x]:
+                        zbuf[y, x] = z[i]
+                        index[y, x] = i

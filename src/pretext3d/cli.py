@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from pretext3d.cli_prepare import add_prepare, add_render, add_verify
+
 __all__ = ["main", "build_parser"]
 
 
@@ -210,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     esub = evaluate.add_subparsers(dest="protocol", required=True)
     _add_linear_svm(esub)
     _add_data(sub)
+    add_prepare(sub)
+    add_verify(sub)
+    add_render(sub)
     _add_demo(sub)
     return parser
 

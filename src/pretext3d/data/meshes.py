@@ -9,7 +9,7 @@ import numpy as np
 
 from pretext3d.data.errors import DataFormatError
 
-__all__ = ["Mesh", "load_mesh", "MESH_SUFFIXES"]
+__all__ = ["Mesh", "load_mesh", "normalize_mesh", "MESH_SUFFIXES"]
 
 MESH_SUFFIXES = (".off", ".obj", ".ply", ".stl")
 
@@ -91,3 +91,18 @@ def load_mesh(path: str | Path) -> Mesh:
     vertices = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64)
     faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
     return Mesh(vertices.reshape(-1, 3), faces).validate(str(path))
+
+
+def normalize_mesh(mesh: Mesh) -> tuple[Mesh, np.ndarray, float]:
+    """The mesh centred on its area-weighted surface centroid and scaled so that its farthest
+    vertex is at distance 1 (the unit-sphere normalisation of point clouds, for meshes).
+
+    Returns (normalised mesh, centre (3,), scale): ``normalised = (vertices - centre) / scale``.
+    """
+    tri = mesh.vertices[mesh.faces]
+    area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    centre = (tri.mean(1) * area[:, None]).sum(0) / area.sum()
+    used = np.unique(mesh.faces)
+    scale = float(np.linalg.norm(mesh.vertices[used] - centre, axis=1).max())
+    vertices = (mesh.vertices - centre) / scale
+    return Mesh(vertices, mesh.faces, mesh.face_labels), centre, scale

@@ -1,0 +1,240 @@
+"""A torch Dataset over a prepared store: points, k views with their matrices, mesh, label.
+
+Augmentations follow the papers (CrossPoint, Pic@Point, Jing et al.) and keep the 2D-3D
+correspondence exact: the rigid/scaling part of the point augmentation A (rotation about the
+up axis, anisotropic scale, translation) is folded into the returned view matrices
+(view' = view A^-1), and the random crop and horizontal flip into the projection matrices
+(proj' = M proj, M an affine map of normalised device coordinates). So
+``project_points(points, view, proj)`` still lands augmented points on the pixels of the
+augmented images where they were drawn (jitter and dropout aside, which move points by ~0.01).
+
+Every random choice comes from ``numpy.random.default_rng([seed, epoch, index])``: a sample
+is the same in any worker and any run; call ``set_epoch`` for new draws each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pretext3d.data.errors import DataFormatError
+from pretext3d.data.store import decode_images, read_index, read_object, read_store_settings
+
+__all__ = ["ImageAugment", "MultimodalDataset", "PointAugment", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_AXES = {"x": 0, "y": 1, "z": 2}
+
+
+@dataclass(frozen=True)
+class PointAugment:
+    """Point augmentations; ranges as in DGCNN/CrossPoint. ``rotate``: about the store's up axis."""
+
+    rotate: bool = True
+    scale: tuple[float, float] = (2.0 / 3.0, 3.0 / 2.0)
+    anisotropic: bool = True
+    translate: float = 0.2
+    jitter_sigma: float = 0.01
+    jitter_clip: float = 0.05
+    dropout_max: float = 0.0  # PointNet++ dropout ratio bound (0 = off)
+
+
+@dataclass(frozen=True)
+class ImageAugment:
+    """Image augmentations: random resized crop (area fraction and aspect ranges), horizontal
+    flip, colour jitter (brightness, contrast, saturation factors in [1 - x, 1 + x])."""
+
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    flip: bool = True
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+
+
+def _rotation(axis: int, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    i, j = [a for a in range(3) if a != axis]
+    rotation = np.eye(3)
+    rotation[i, i], rotation[i, j], rotation[j, i], rotation[j, j] = c, -s, s, c
+    return rotation
+
+
+def random_point_affine(rng: np.random.Generator, augment: PointAugment, up: str) -> np.ndarray:
+    """A (4, 4) = translate @ scale @ rotate-about-up, drawn from ``augment``'s ranges."""
+    linear = np.diag(rng.uniform(*augment.scale, 3 if augment.anisotropic else 1) * np.ones(3))
+    if augment.rotate:
+        linear = linear @ _rotation(_AXES[up], rng.uniform(0, 2 * math.pi))
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    affine[:3, 3] = rng.uniform(-augment.translate, augment.translate, 3)
+    return affine
+
+
+def random_crop_box(rng: np.random.Generator, height: int, width: int, augment: ImageAugment) -> tuple[float, float, float, float]:
+    """(x0, y0, w, h) of a random resized crop (in pixels; the whole image after 10 misses)."""
+    area = height * width
+    for _ in range(10):
+        target = area * rng.uniform(*augment.crop_scale)
+        ratio = math.exp(rng.uniform(math.log(augment.crop_ratio[0]), math.log(augment.crop_ratio[1])))
+        w, h = math.sqrt(target * ratio), math.sqrt(target / ratio)
+        if w <= width and h <= height:
+            return rng.uniform(0, width - w), rng.uniform(0, height - h), w, h
+    return 0.0, 0.0, float(width), float(height)
+
+
+def crop_flip_ndc(box: tuple[float, float, float, float], height: int, width: int, flip: bool) -> np.ndarray:
+    """(4, 4) M with proj' = M proj: maps NDC of the full image to NDC of the (flipped) crop.
+
+    For a crop (x0, y0, w, h) in pixels: x' = (W / w) x + (W - 2 x0) / w - 1 and
+    y' = (H / h) y + 1 - (H - 2 y0) / h; a horizontal flip negates x'."""
+    x0, y0, w, h = box
+    m = np.eye(4)
+    m[0, 0], m[0, 3] = width / w, (width - 2 * x0) / w - 1
+    m[1, 1], m[1, 3] = height / h, 1 - (height - 2 * y0) / h
+    if flip:
+        m[0] *= -1
+    return m
+
+
+def _colour_jitter(image: np.ndarray, rng: np.random.Generator, augment: ImageAugment) -> np.ndarray:
+    """image: (H, W, 3) float in [0, 1]."""
+    grey_weights = np.array([0.299, 0.587, 0.114])
+    image = image * rng.uniform(1 - augment.brightness, 1 + augment.brightness)
+    mean = (image @ grey_weights).mean()
+    image = (image - mean) * rng.uniform(1 - augment.contrast, 1 + augment.contrast) + mean
+    grey = (image @ grey_weights)[..., None]
+    image = (image - grey) * rng.uniform(1 - augment.saturation, 1 + augment.saturation) + grey
+    return np.clip(image, 0, 1)
+
+
+class MultimodalDataset(Dataset):
+    """Samples of a prepared store (``pretext3d prepare``).
+
+    Each item: points (N, 3), normals (N, 3) float32; images (k, C, S, S) float32 (ImageNet-
+    normalised unless ``normalize=False``), masks (k, S, S) bool, view/proj (k, 4, 4) float32,
+    view_index (k,) int64; for meshes mesh_centers (3, F), mesh_corners (9, F), mesh_normals
+    (3, F) float32 and mesh_neighbors (F, 3) int64 (MeshNet's inputs, batch first after
+    collation); label, index.
+
+    split: "train", "test" or None (all); num_points: the first N stored points (stored in
+    farthest-point order, so any prefix is well spread; default all); views_per_sample: k
+    views drawn without replacement; image_size: output side S (default the stored size);
+    point_augment / image_augment: None for none (evaluation).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = "train",
+        num_points: int | None = None,
+        views_per_sample: int = 1,
+        image_size: int | None = None,
+        point_augment: PointAugment | None = PointAugment(),
+        image_augment: ImageAugment | None = ImageAugment(),
+        normalize: bool = True,
+        modalities: tuple[str, ...] = ("points", "images", "mesh"),
+        seed: int = 0,
+    ):
+        self.root = Path(root)
+        self.settings, _ = read_store_settings(self.root)
+        index = read_index(self.root)
+        self.entries = [e for e in index["objects"] if split is None or e["split"] == split]
+        if not self.entries:
+            raise DataFormatError(self.root, f"holds no prepared objects in split {split!r}")
+        self.classes: list[str] = index["classes"]
+        self.labels = np.array([e["label"] for e in self.entries], dtype=np.int64)
+        self.num_points = num_points or self.settings.points
+        if self.num_points > self.settings.points:
+            raise ValueError(f"{self.root} stores {self.settings.points} points per object, {self.num_points} asked for")
+        if not 1 <= views_per_sample <= self.settings.views:
+            raise ValueError(f"views_per_sample must be in [1, {self.settings.views}], got {views_per_sample}")
+        self.views_per_sample = views_per_sample
+        self.image_size = image_size or self.settings.image_size
+        self.point_augment, self.image_augment = point_augment, image_augment
+        self.normalize, self.modalities, self.seed = normalize, tuple(modalities), seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
+        entry = self.entries[i]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        arrays = read_object(self.root / entry["file"])
+        item: dict[str, torch.Tensor | int] = {"label": int(entry["label"]), "index": i}
+        affine = np.eye(4)
+        if "points" in self.modalities:
+            affine = random_point_affine(rng, self.point_augment, self.settings.up) if self.point_augment else affine
+            item.update(self._points(arrays, affine, rng))
+        if "images" in self.modalities:
+            item.update(self._images(arrays, affine, rng))
+        if "mesh" in self.modalities and "mesh_features" in arrays:
+            features = torch.from_numpy(arrays["mesh_features"].T.copy())
+            item.update(mesh_centers=features[0:3], mesh_corners=features[3:12], mesh_normals=features[12:15],
+                        mesh_neighbors=torch.from_numpy(arrays["mesh_neighbours"].astype(np.int64)))
+        return item
+
+    def _points(self, arrays: dict, affine: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        points = arrays["points"][: self.num_points].astype(np.float64)
+        normals = arrays["normals"][: self.num_points].astype(np.float64)
+        points = points @ affine[:3, :3].T + affine[:3, 3]
+        normals = normals @ np.linalg.inv(affine[:3, :3])  # normals transform by the inverse transpose
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+        augment = self.point_augment
+        if augment and augment.jitter_sigma > 0:
+            points += np.clip(augment.jitter_sigma * rng.standard_normal(points.shape), -augment.jitter_clip, augment.jitter_clip)
+        if augment and augment.dropout_max > 0:
+            drop = rng.random(len(points)) <= rng.uniform(0, augment.dropout_max)
+            points[drop], normals[drop] = points[0], normals[0]
+        return {"points": torch.from_numpy(points.astype(np.float32)), "normals": torch.from_numpy(normals.astype(np.float32))}
+
+    def _images(self, arrays: dict, affine: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        from PIL import Image
+
+        total = len(arrays["image_offsets"]) - 1
+        chosen = np.sort(rng.choice(total, size=self.views_per_sample, replace=False))
+        images, masks = decode_images(arrays["images_png"], arrays["image_offsets"], chosen)
+        height, width = images.shape[1:3]
+        size = self.image_size
+        out_images, out_masks, projections = [], [], []
+        for image, mask, v in zip(images, masks, chosen):
+            augment = self.image_augment
+            box = random_crop_box(rng, height, width, augment) if augment else (0.0, 0.0, float(width), float(height))
+            flip = bool(augment and augment.flip and rng.random() < 0.5)
+            pil_box = (box[0], box[1], box[0] + box[2], box[1] + box[3])
+            image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=pil_box), np.float64) / 255
+            # bilinear and "> 0": a pixel is in the mask when any covered pixel touches it, so a
+            # point on a one-pixel-thin part stays inside after the crop is resampled
+            coverage = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR, box=pil_box)
+            mask = np.asarray(coverage) > 0
+            if flip:
+                image, mask = image[:, ::-1], mask[:, ::-1]
+            if augment and image.ndim == 3:
+                image = _colour_jitter(image, rng, augment)
+            out_images.append(image if image.ndim == 3 else image[..., None])
+            out_masks.append(mask)
+            projections.append(crop_flip_ndc(box, height, width, flip) @ arrays["proj"][v])
+        pixels = np.stack(out_images).transpose(0, 3, 1, 2)  # (k, C, S, S)
+        if self.normalize:
+            channels = pixels.shape[1]
+            mean = np.asarray(IMAGENET_MEAN[:channels] if channels == 3 else [np.mean(IMAGENET_MEAN)])
+            std = np.asarray(IMAGENET_STD[:channels] if channels == 3 else [np.mean(IMAGENET_STD)])
+            pixels = (pixels - mean[:, None, None]) / std[:, None, None]
+        views = arrays["view"][chosen].astype(np.float64) @ np.linalg.inv(affine)
+        return {
+            "images": torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)),
+            "masks": torch.from_numpy(np.stack(out_masks).astype(bool)),
+            "view": torch.from_numpy(views.astype(np.float32)),
+            "proj": torch.from_numpy(np.stack(projections).astype(np.float32)),
+            "view_index": torch.from_numpy(chosen.astype(np.int64)),
+        }
