@@ -65,7 +65,7 @@ def main() -> None:
     gl_rate = args.views * len(rows) / sum(args.views / r["gl_views_per_s"] for r in rows)
     splat_rate = args.views * len(rows) / sum(args.views / r["splat_views_per_s"] for r in rows)
     print(f"{source}, {len(rows)} meshes, {args.size}x{args.size}: OpenGL {gl_rate:.1f} views/s, "
-          f"splats {splat_rate:.1f} views/s ({gl_rate / splat_rate:.0f}x)")
+          f"splats {splat_rate:.1f} views/s (OpenGL {gl_rate / splat_rate:.1f}x)")
 
     cloud_rate = None
     npz = SHARED / "modelnet40_1024.npz"

@@ -141,8 +141,9 @@ def _render_mesh_as_splats(mesh, cameras, size, color, face_colors, background, 
         points, normals = np.concatenate([points, surface_points]), np.concatenate([normals, surface_normals])
         if colors is not None:
             colors = np.concatenate([colors, np.broadcast_to(np.asarray(color, np.float64), surface_points.shape)])
+    spacing = np.sqrt(area.sum() / 2 / samples)  # mean distance between uniform samples; no kNN needed
     return render_points(points, cameras, size, normals=normals, colors=colors, color=color,
-                         background=background, lighting=lighting)
+                         point_radius=0.8 * spacing, background=background, lighting=lighting)
 
 
 def render_points(
