@@ -155,3 +155,17 @@ def test_grayscale_views_are_single_channel():
     mesh = unit_chair()
     views = render_points(mesh.vertices, make_cameras("ring12", 2, up="z"), 48, grayscale=True)
     assert views.images.shape == (2, 48, 48) and views.images.dtype == np.uint8
+
+
+@needs_gl
+def test_double_sided_faces_render_like_single_sided_ones():
+    """ShapeNet repeats faces with reversed winding; their vertex normals must not cancel."""
+    mesh = unit_chair()
+    both = Mesh(mesh.vertices, np.concatenate([mesh.faces, mesh.faces[:, ::-1]]))
+    cameras = make_cameras("ring12", 4, up="z")
+    for smooth in (False, True):
+        single = render_mesh(mesh, cameras, 96, smooth=smooth)
+        double = render_mesh(both, cameras, 96, smooth=smooth)
+        np.testing.assert_array_equal(double.mask, single.mask)
+        difference = np.abs(double.images.astype(int) - single.images.astype(int))
+        assert difference.mean() < 1.0, smooth

@@ -126,7 +126,8 @@ class MultimodalDataset(Dataset):
     split: "train", "test" or None (all); num_points: the first N stored points (stored in
     farthest-point order, so any prefix is well spread; default all); views_per_sample: k
     views drawn without replacement; image_size: output side S (default the stored size);
-    point_augment / image_augment: None for none (evaluation).
+    point_augment / image_augment: None for none (evaluation). The mesh features are returned
+    as stored (MeshNet's own augmentation, if wanted, belongs to the method using them).
     """
 
     def __init__(

@@ -107,21 +107,31 @@ def render_mesh(
 def _triangle_soup(mesh: Mesh, color, face_colors, smooth: bool) -> tuple[np.ndarray, np.ndarray]:
     """Rows of (position, normal, albedo) for every face corner (3F, 9), drawn without an index
     buffer, and for every distinct vertex (P, 9)."""
-    tri = mesh.vertices[mesh.faces]  # (F, 3, 3)
+    # a face repeated with reversed winding (double-sided, common in ShapeNet) is drawn once:
+    # its two normals would cancel in the vertex normals
+    _, first = np.unique(np.sort(mesh.faces, axis=1), axis=0, return_index=True)
+    faces = mesh.faces[np.sort(first)]
+    face_colors = None if face_colors is None else np.asarray(face_colors)[np.sort(first)]
+    tri = mesh.vertices[faces]  # (F, 3, 3)
     face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 x area
     vertex_normals = np.zeros_like(mesh.vertices)
+    any_face_normal = np.zeros_like(mesh.vertices)
     for corner in range(3):
-        np.add.at(vertex_normals, mesh.faces[:, corner], face_normals)
-    normals = vertex_normals[mesh.faces] if smooth else np.repeat(face_normals[:, None], 3, axis=1)
+        np.add.at(vertex_normals, faces[:, corner], face_normals)
+        any_face_normal[faces[:, corner]] = face_normals
+    # normals that still cancel (folded or non-manifold parts): take one incident face's normal
+    cancelled = np.linalg.norm(vertex_normals, axis=1) < 1e-3 * np.linalg.norm(any_face_normal, axis=1)
+    vertex_normals[cancelled] = any_face_normal[cancelled]
+    normals = vertex_normals[faces] if smooth else np.repeat(face_normals[:, None], 3, axis=1)
     if face_colors is None:
         albedo = np.broadcast_to(np.asarray(color, np.float64), tri.shape)
         vertex_albedo = np.broadcast_to(np.asarray(color, np.float64), mesh.vertices.shape)
     else:
         albedo = np.repeat(np.asarray(face_colors, np.float64)[:, None], 3, axis=1)
         vertex_albedo = np.zeros_like(mesh.vertices)
-        vertex_albedo[mesh.faces.ravel()] = albedo.reshape(-1, 3)  # any one of its faces' colours
+        vertex_albedo[faces.ravel()] = albedo.reshape(-1, 3)  # any one of its faces' colours
     soup = np.concatenate([tri, normals, albedo], axis=2).reshape(-1, 9)
-    used = np.unique(mesh.faces)
+    used = np.unique(faces)
     corners = np.concatenate([mesh.vertices, vertex_normals, vertex_albedo], axis=1)[used]
     return soup, corners
 

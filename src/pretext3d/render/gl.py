@@ -87,10 +87,12 @@ def _create_context():
 
 
 def _context():
-    """This process's context (contexts are not fork-safe: a forked child makes its own)."""
+    """This process's context, made on first use. A context does not survive fork (and forking
+    a process whose llvmpipe threads run can deadlock the child), so ``prepare`` starts its
+    workers from a clean interpreter and each makes its own."""
     global _failure
     if getattr(_state, "pid", None) != os.getpid():
-        _state.pid, _state.ctx, _state.programs = os.getpid(), None, {}
+        _state.pid, _state.ctx, _state.cache = os.getpid(), None, {}
         try:
             _state.ctx = _create_context()
         except Exception as err:
@@ -130,24 +132,24 @@ class GLRenderer:
         self.background_bytes = np.round(np.asarray(background) * 255).astype(np.uint8)
         self.program = self._program(lighting)
         key = ("fbo", self.height, self.width)
-        if key not in _state.programs:
+        if key not in _state.cache:
             color = ctx.renderbuffer((self.width, self.height), 4)
             depth_linear = ctx.renderbuffer((self.width, self.height), 1, dtype="f4")
             zbuffer = ctx.depth_renderbuffer((self.width, self.height))
-            _state.programs[key] = ctx.framebuffer([color, depth_linear], zbuffer)
-        self.fbo = _state.programs[key]
+            _state.cache[key] = ctx.framebuffer([color, depth_linear], zbuffer)
+        self.fbo = _state.cache[key]
 
     def _program(self, lighting: Lighting):
         key = ("program", lighting)
-        if key not in _state.programs:
+        if key not in _state.cache:
             program = self.ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
             program["light_dirs"].write(lighting.directions().tobytes())
             program["intensities"].write(np.asarray(lighting.intensities, np.float32).tobytes())
             program["ambient"].value = lighting.ambient
             program["specular"].value = lighting.specular
             program["shininess"].value = lighting.shininess
-            _state.programs[key] = program
-        return _state.programs[key]
+            _state.cache[key] = program
+        return _state.cache[key]
 
     def draw(self, triangles: np.ndarray, corners: np.ndarray, view: np.ndarray, proj: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
