@@ -40,10 +40,12 @@ def test_look_at_is_rigid_and_points_minus_z_at_the_target(up):
     np.testing.assert_allclose(origin_cam[:, 2], -2.5, atol=1e-12)  # ... on the -z axis
 
 
-def test_look_at_survives_an_eye_on_the_up_axis():
-    view = look_at(np.array([[0.0, 0.0, 2.0]]), up="z")[0]
+@pytest.mark.parametrize(("eye", "up"), [((0.0, 0.0, 2.0), "z"), ((1.0, 1.0, 1.0), np.array([2.0, 2.0, 2.0]))])
+def test_look_at_survives_an_eye_on_the_up_axis(eye, up):
+    view = look_at(np.array([eye]), up=up)[0]
     assert np.isfinite(view).all()
     np.testing.assert_allclose(view[:3, :3] @ view[:3, :3].T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(view[:3, 3], [0.0, 0.0, -np.linalg.norm(eye)], atol=1e-12)  # still looks at the origin
 
 
 def test_perspective_known_answer():

@@ -58,6 +58,16 @@ def test_open_edges_point_to_the_face_itself():
     np.testing.assert_array_equal(np.sort(neighbours, axis=1), [[0, 0, 1], [0, 1, 1]])
 
 
+def test_padding_an_open_mesh_keeps_self_for_open_edges():
+    square = Mesh(np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], float), np.array([[0, 1, 2], [0, 2, 3]]))
+    result = mesh_face_features(square, 6, seed=0)
+    assert result.padded == 4
+    for copy in range(2, 6):
+        original = next(f for f in range(2) if np.allclose(result.features[f], result.features[copy]))
+        other = 1 - original
+        assert sorted(result.neighbours[copy]) == sorted([other, copy, copy])  # shared edge, then itself
+
+
 def test_padding_copies_faces_and_nobody_points_at_a_copy():
     mesh = cube()
     result = mesh_face_features(mesh, 20, seed=3)

@@ -94,10 +94,12 @@ def test_interrupted_run_is_completed_and_verified(builtin_store, tmp_path):
 def test_shards_split_the_work_without_overlap(tmp_path):
     root = tmp_path / "sharded"
     first = prepare(BUILTIN, root, SMALL, shard=(0, 3), progress=False, limit=9)
-    assert first.done == 3 and first.counts["missing"] == 6
+    assert first.done == 3 and first.counts["missing"] == 25  # the manifest lists all 28 objects
     prepare(BUILTIN, root, SMALL, shard=(1, 3), progress=False, limit=9)
     last = prepare(BUILTIN, root, SMALL, shard=(2, 3), progress=False, limit=9)
-    assert last.done == 3 and last.counts == {"present": 9, "failed": 0, "missing": 0, "total": 9}
+    assert last.done == 3 and last.counts == {"present": 9, "failed": 0, "missing": 19, "total": 28}
+    assert [e["key"] for e in json.loads((root / "index.json").read_text())["objects"]] == \
+        [e["key"] for e in json.loads((root / "manifest.json").read_text())["objects"][:9]]
     assert len(list((root / "records").glob("*.jsonl"))) == 3
     assert parse_shard("2/3") == (2, 3)
     for bad in ("3/3", "a/b", "1"):
@@ -146,8 +148,25 @@ def test_verify_names_a_damaged_object(builtin_store, tmp_path):
     path.write_bytes(path.read_bytes()[:500])
     report = verify(root, progress=False)
     assert [key for key, _ in report["problems"]] == [entry["key"]]
-    assert "cannot be read" in report["problems"][0][1]
+    assert entry["file"] in report["problems"][0][1] and "cannot be read" in report["problems"][0][1]
     assert main(["verify", str(root), "--quiet"]) == 1
+    dataset = MultimodalDataset(root, split=None)
+    with pytest.raises(DataFormatError, match=f"{path.name}.*cannot be read"):
+        dataset[dataset.entries.index(next(e for e in dataset.entries if e["key"] == entry["key"]))]
+    # without the records (a copied store) the damaged file is found while indexing, not a crash
+    shutil.rmtree(root / "records")
+    report = verify(root, progress=False)
+    assert [key for key, _ in report["problems"]] == [entry["key"]] and report["counts"]["damaged"] == 1
+
+
+def test_a_dying_worker_fails_its_object_and_the_run_goes_on(tmp_path):
+    from tests.tests_helpers import DyingSource
+
+    summary = prepare(DyingSource(BUILTIN), tmp_path / "dying", SMALL, workers=2, limit=6, progress=False)
+    assert summary.failed == [("train/airplane_0000", summary.failed[0][1])]  # only the culprit
+    assert "worker process died" in summary.failed[0][1] and summary.done == 5
+    again = prepare(BUILTIN, tmp_path / "dying", SMALL, workers=1, limit=6, progress=False)
+    assert again.done == 1 and again.counts["present"] == 6
 
 
 def test_png_round_trip_keeps_pixels_and_mask():
@@ -229,7 +248,7 @@ def test_cli_prepare_verify_render(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "4 done" in text and "views/s" in text
     assert main(["verify", str(out), "--quiet"]) == 0
-    assert capsys.readouterr().out.strip().endswith("OK")
+    assert capsys.readouterr().out.strip().endswith("OK so far (incomplete)")  # --limit 4 of 28
     sheet = tmp_path / "sheet.png"
     assert main(["render", str(out), "--out", str(sheet), "--objects", "2"]) == 0
     from PIL import Image

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+
+from pretext3d.data.sources import Source
 
 
 def sphere_or_square(n: int, points: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -56,3 +59,12 @@ def write_resampled_with_bad_file(root: Path) -> Path:
         (folder / f"{name}.txt").write_text("\n".join(",".join(f"{v:.5f}" for v in r) for r in rows))
     (root / "box" / "box_0002.txt").write_text("bad,row\n")
     return root
+
+
+class DyingSource(Source):
+    """A source whose worker process dies (as if killed for memory) on 'train/airplane_0000'."""
+
+    def load(self, obj):
+        if obj.key == "train/airplane_0000":
+            os._exit(1)
+        return super().load(obj)

@@ -138,7 +138,7 @@ def fit_face_count(mesh: Mesh, num_faces: int, seed: int = 0, origin: str = "mes
 def face_neighbours(faces: np.ndarray) -> np.ndarray:
     """(F, 3) int32: for edges (a, b), (b, c), (c, a) of each face, the first other face (in
     face order) with that edge, or the face itself. A repeated face (padding) is nobody's
-    neighbour and has its original's neighbours."""
+    neighbour and has its original's neighbours (itself where the original has none)."""
     n = len(faces)
     _, first, group = np.unique(np.sort(faces, axis=1), axis=0, return_index=True, return_inverse=True)
     original = first[group.reshape(-1)]  # (F,) the first face with the same corners

@@ -171,7 +171,11 @@ class MultimodalDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         entry = self.entries[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        arrays = read_object(self.root / entry["file"])
+        path = self.root / entry["file"]
+        try:
+            arrays = read_object(path)
+        except Exception as err:  # a damaged file: name it (zip/npy errors come in many types)
+            raise DataFormatError(path, f"cannot be read ({type(err).__name__}: {err}); run `pretext3d verify`") from None
         item: dict[str, torch.Tensor | int] = {"label": int(entry["label"]), "index": i}
         affine = np.eye(4)
         if "points" in self.modalities:

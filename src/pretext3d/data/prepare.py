@@ -12,8 +12,12 @@ import multiprocessing
 import os
 import time
 import traceback
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -28,6 +32,7 @@ from pretext3d.data.store import (
     object_path,
     prepare_object,
     read_object,
+    read_json,
     read_store_settings,
     records_path,
     write_index,
@@ -77,7 +82,7 @@ def _init_worker(source: Source, settings: StoreSettings, root: Path, threads: i
     _worker.update(source=source, settings=settings, root=root)
 
 
-def _worker_pool(workers: int, initargs: tuple):
+def _executor(workers: int, initargs: tuple) -> ProcessPoolExecutor:
     """Worker processes started clean: plain fork would copy this process's OpenGL (llvmpipe)
     and numba thread pools, whose locks deadlock a forked child. The forkserver (Linux) or
     spawn starts them from a fresh interpreter; the source travels as its path (see Source)."""
@@ -85,7 +90,49 @@ def _worker_pool(workers: int, initargs: tuple):
     context = multiprocessing.get_context(method)
     if method == "forkserver":
         context.set_forkserver_preload(["pretext3d.data.prepare", "pretext3d.render"])
-    return context.Pool(workers, initializer=_init_worker, initargs=initargs)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs)
+
+
+_DIED = "its worker process died while preparing it, twice (killed, or out of memory?)"
+
+
+def _run_in_processes(todo: list[SourceObject], workers: int, initargs: tuple) -> Iterator[ObjectRecord]:
+    """Records as objects finish, at most 2 per worker in flight. When a worker dies (the OS
+    kills it for memory, say) the pool cannot tell which object killed it: the objects that
+    were in flight are retried one at a time in a pool of their own, so only the culprit is
+    reported failed, and a fresh pool goes on with the rest."""
+    pending = deque(todo)
+    while pending:
+        executor = _executor(workers, initargs)
+        in_flight: dict[Future, SourceObject] = {}
+        suspects: list[SourceObject] = []
+        try:
+            while (pending or in_flight) and not suspects:
+                while pending and len(in_flight) < 2 * workers:
+                    obj = pending.popleft()
+                    in_flight[executor.submit(_run_one, obj)] = obj
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    obj = in_flight.pop(future)
+                    try:
+                        yield future.result()
+                    except BrokenProcessPool:
+                        suspects.append(obj)
+            suspects.extend(in_flight.values() if suspects else [])
+        finally:
+            executor.shutdown(wait=not suspects, cancel_futures=True)
+        for obj in suspects:
+            yield _run_alone(obj, initargs)
+
+
+def _run_alone(obj: SourceObject, initargs: tuple) -> ObjectRecord:
+    executor = _executor(1, initargs)
+    try:
+        return executor.submit(_run_one, obj).result()
+    except BrokenProcessPool:
+        return ObjectRecord(obj.key, "failed", reason=_DIED)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _run_one(obj: SourceObject) -> ObjectRecord:
@@ -106,7 +153,7 @@ def _folder_bytes(root: Path) -> int:
 
 
 def prepare(
-    source_path: str | Path,
+    source_path: str | Path | Source,
     out: str | Path,
     settings: StoreSettings | None = None,
     workers: int = 1,
@@ -117,22 +164,23 @@ def prepare(
 ) -> PrepareSummary:
     """Prepare every object of ``source_path`` in this shard that ``out`` does not hold yet.
 
-    settings.up may be "auto" (the source's own up axis); ``limit`` caps the objects taken
-    (first ones of the manifest, for trials).
+    settings.up may be "auto" (the source's own up axis); ``limit`` takes only the first objects
+    of the manifest (trials; the manifest and index still list them all).
     """
     start = time.perf_counter()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    source = open_source(source_path, fmt)
+    source = source_path if isinstance(source_path, Source) else open_source(source_path, fmt)
     settings = settings or StoreSettings()
     if settings.up == "auto":
         settings = replace(settings, up=source.default_up())
     stored = min(d.num_points for d in source.splits.values())
     if source.kind == "points" and stored < settings.points:
         raise DataFormatError(source.path, f"has {stored} points per cloud, fewer than the {settings.points} asked for")
-    objects = source.objects()[:limit] if limit else source.objects()
+    objects = source.objects()
     write_store_header(root, source, settings, objects)
-    mine = [o for i, o in enumerate(objects) if i % shard[1] == shard[0]]
+    taken = objects[:limit] if limit else objects
+    mine = [o for i, o in enumerate(taken) if i % shard[1] == shard[0]]
     todo = [o for o in mine if not object_path(root, o.key).exists()]
     records_file = records_path(root, shard)
     records_file.parent.mkdir(parents=True, exist_ok=True)
@@ -141,25 +189,18 @@ def prepare(
     threads = max(1, (os.cpu_count() or 1) // workers)
     if workers == 1:
         _init_worker(source, settings, root, threads=max(1, min(threads, 4)))
-        results = map(_run_one, todo)
-        pool = None
+        results: Iterator[ObjectRecord] = map(_run_one, todo)
     else:
-        pool = _worker_pool(workers, (source, settings, root, 1))
-        results = pool.imap_unordered(_run_one, todo, chunksize=1)
-    try:
-        with open(records_file, "a") as log:
-            for record in progress_bar(results, total=len(todo), desc="prepare", unit="obj", enabled=progress):
-                log.write(json.dumps({**asdict(record), "time": time.time()}) + "\n")
-                log.flush()
-                if record.status == "done":
-                    done += 1
-                    views += record.present.get("views", 0)
-                else:
-                    failed.append((record.key, record.reason))
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        results = _run_in_processes(todo, workers, (source, settings, root, 1))
+    with open(records_file, "a") as log:
+        for record in progress_bar(results, total=len(todo), desc="prepare", unit="obj", enabled=progress):
+            log.write(json.dumps({**asdict(record), "time": time.time()}) + "\n")
+            log.flush()
+            if record.status == "done":
+                done += 1
+                views += record.present.get("views", 0)
+            else:
+                failed.append((record.key, record.reason))
     index = write_index(root)
     return PrepareSummary(len(objects), len(mine), len(mine) - len(todo), done, failed,
                           time.perf_counter() - start, views, _folder_bytes(root), index["counts"])
@@ -168,7 +209,7 @@ def prepare(
 # --- verify -----------------------------------------------------------------------------------
 
 
-def _check_object(path: Path, entry: dict, settings: StoreSettings) -> list[str]:
+def _check_object(path: Path, entry: dict, settings: StoreSettings, mesh_store: bool) -> list[str]:
     """Problems with one object file (empty when it is sound)."""
     try:
         arrays = read_object(path)
@@ -200,6 +241,8 @@ def _check_object(path: Path, entry: dict, settings: StoreSettings) -> list[str]
             problems.append(f"{empty} view(s) show nothing")
     except Exception as err:
         problems.append(f"images do not decode ({type(err).__name__}: {err})")
+    if mesh_store and "mesh_features" not in arrays:
+        problems.append("lacks the mesh features of a mesh store")
     if "mesh_features" in arrays:
         features, neighbours = arrays["mesh_features"], arrays.get("mesh_neighbours")
         if features.shape != (settings.faces, 15) or not np.isfinite(features).all():
@@ -220,18 +263,19 @@ def verify(out: str | Path, reindex: bool = False, progress: bool = True) -> dic
     """Check every object file of a store, and that index.json matches the files.
 
     Returns {"checked", "problems": [(key, problem)], "index_stale", "counts", "temporary_files"}.
-    With ``reindex`` a stale index.json is rewritten (after the checks)."""
+    With ``reindex`` a stale index.json is rewritten when the objects have no problems."""
     root = Path(out)
-    settings, _ = read_store_settings(root)
+    settings, config = read_store_settings(root)
     fresh = build_index(root)
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = [(d["key"], f"{d['file']} {d['reason']}") for d in fresh["damaged"]]
     for entry in progress_bar(fresh["objects"], desc="verify", unit="obj", enabled=progress):
-        problems.extend((entry["key"], p) for p in _check_object(root / entry["file"], entry, settings))
+        file_problems = _check_object(root / entry["file"], entry, settings, config.get("kind") == "mesh")
+        problems.extend((entry["key"], f"{entry['file']} {p}") for p in file_problems)
     index_file = root / "index.json"
-    on_disk = json.loads(index_file.read_text()) if index_file.exists() else None
-    stale = on_disk is None or [o["key"] for o in on_disk.get("objects", [])] != [o["key"] for o in fresh["objects"]]
-    if stale and reindex:
+    on_disk = read_json(index_file, "index") if index_file.exists() else None
+    stale = on_disk != fresh
+    if stale and reindex and not problems:
         write_index(root)
     temporary = [str(p.relative_to(root)) for p in root.rglob("*.tmp")]
-    return {"checked": len(fresh["objects"]), "problems": problems, "index_stale": stale and not reindex,
+    return {"checked": len(fresh["objects"]), "problems": problems, "index_stale": stale and not (reindex and not problems),
             "counts": fresh["counts"], "failed": fresh["failed"], "temporary_files": temporary}

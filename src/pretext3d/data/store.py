@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import time
+from urllib.parse import quote
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,10 +99,10 @@ class ObjectRecord:
 
 
 def object_path(root: Path, key: str) -> Path:
-    """objects/<split>/<name>.npz, with the name's folders flattened ('chair/1a2b' -> 'chair__1a2b')."""
+    """objects/<split>/<name>.npz with the name percent-encoded ('chair/1a2b' -> 'chair%2F1a2b'),
+    so that distinct keys never share a file."""
     split, _, name = key.partition("/")
-    safe = name.replace("/", "__").replace("#", "-").replace(os.sep, "__")
-    return root / "objects" / split / f"{safe}.npz"
+    return root / "objects" / split / f"{quote(name, safe='')}.npz"
 
 
 # --- images ----------------------------------------------------------------------------------
@@ -188,8 +189,7 @@ def prepare_object(source: Source, obj: SourceObject, settings: StoreSettings, r
     else:
         if len(loaded.points) < settings.points:
             raise DataFormatError(loaded.origin, f"has {len(loaded.points)} points, fewer than the {settings.points} asked for")
-        keep = np.arange(settings.points) if len(loaded.points) == settings.points else \
-            _fps_indices(loaded.points, settings.points, seed)
+        keep = _fps_indices(loaded.points, settings.points, seed)  # FPS order: every prefix is well spread
         points, normals = loaded.points[keep], loaded.normals[keep]
         meta = {"source_points": len(loaded.points)}
     views = render_views(loaded, settings.cameras(obj.key), settings, points, normals)
@@ -225,18 +225,28 @@ def object_meta(arrays: dict[str, np.ndarray]) -> dict:
 # --- store-level files ------------------------------------------------------------------------
 
 
+def read_json(path: Path, what: str) -> dict:
+    """A store's JSON file; DataFormatError naming it when it is missing or malformed."""
+    if not path.exists():
+        raise DataFormatError(path, f"is missing: the store has no {what}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataFormatError(path, f"is not valid JSON ({err})") from None
+
+
 def read_store_settings(root: Path) -> tuple[StoreSettings, dict]:
     """The settings and the whole store.json of a prepared store."""
     path = root / "store.json"
     if not path.exists():
         raise DataFormatError(root, "is not a prepared store (no store.json); make one with `pretext3d prepare`")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataFormatError(path, f"is not valid JSON ({err})") from None
+    config = read_json(path, "settings")
     if config.get("format") != STORE_FORMAT:
         raise DataFormatError(path, f"has format {config.get('format')!r}, expected {STORE_FORMAT!r}")
-    return StoreSettings(**config["settings"]), config
+    try:
+        return StoreSettings(**config["settings"]), config
+    except (KeyError, TypeError) as err:
+        raise DataFormatError(path, f"has malformed settings ({type(err).__name__}: {err})") from None
 
 
 def write_store_header(root: Path, source: Source, settings: StoreSettings, objects: list[SourceObject]) -> None:
@@ -278,30 +288,45 @@ def read_records(root: Path) -> dict[str, dict]:
     return {k: v for k, (_, v) in latest.items()}
 
 
+def _describe_file(file: Path) -> dict:
+    """What an object file holds (for objects whose record was lost)."""
+    arrays = read_object(file, ("points", "image_offsets", "mesh_features", "depth", "meta"))
+    return {"points": len(arrays["points"]), "views": len(arrays["image_offsets"]) - 1,
+            "mesh": "mesh_features" in arrays, "depth": "depth" in arrays,
+            "renderer": object_meta(arrays).get("renderer", "")}
+
+
 def build_index(root: Path) -> dict:
-    """index.json's content from the manifest, the object files present and the records."""
+    """index.json's content from the manifest, the object files present and the records.
+
+    A file that exists but cannot be read (damaged after it was written) is listed under
+    "damaged", not "objects": verify reports it; deleting it lets prepare redo it."""
     settings, config = read_store_settings(root)
-    manifest = json.loads((root / "manifest.json").read_text())["objects"]
+    manifest = read_json(root / "manifest.json", "list of objects")["objects"]
     records = read_records(root)
-    present, failed, missing = [], [], 0
+    present, failed, damaged, missing = [], [], [], 0
     for entry in manifest:
         file = object_path(root, entry["key"])
         record = records.get(entry["key"], {})
         if file.exists():
             holds = record.get("present") if record.get("status") == "done" else None
             if holds is None:  # finished, but killed before its record was written
-                arrays = read_object(file, ("points", "image_offsets", "mesh_features", "depth", "meta"))
-                holds = {"points": len(arrays["points"]), "views": len(arrays["image_offsets"]) - 1,
-                         "mesh": "mesh_features" in arrays, "depth": "depth" in arrays,
-                         "renderer": object_meta(arrays).get("renderer", "")}
+                try:
+                    holds = _describe_file(file)
+                except Exception as err:  # zip/npy/JSON errors of a damaged file come in many types
+                    damaged.append({**entry, "file": str(file.relative_to(root)),
+                                    "reason": f"cannot be read ({type(err).__name__}: {err})"})
+                    continue
             present.append({**entry, "file": str(file.relative_to(root)), **holds})
         elif record.get("status") == "failed":
             failed.append({**entry, "reason": record.get("reason", "")})
         else:
             missing += 1
+    counts = {"present": len(present), "failed": len(failed), "missing": missing, "total": len(manifest)}
+    if damaged:
+        counts["damaged"] = len(damaged)
     return {"format": STORE_FORMAT, "settings": asdict(settings), "classes": config["classes"],
-            "counts": {"present": len(present), "failed": len(failed), "missing": missing, "total": len(manifest)},
-            "objects": present, "failed": failed}
+            "kind": config.get("kind"), "counts": counts, "objects": present, "failed": failed, "damaged": damaged}
 
 
 def write_index(root: Path) -> dict:
@@ -314,4 +339,4 @@ def read_index(root: Path) -> dict:
     path = root / "index.json"
     if not path.exists():
         raise DataFormatError(root, "has no index.json; finish it with `pretext3d prepare` or `pretext3d verify --reindex`")
-    return json.loads(path.read_text())
+    return read_json(path, "index")

@@ -3,7 +3,8 @@
 Conventions (the same as OpenGL and every renderer in pretext3d):
 
 * world -> camera: ``x_cam = view @ [x, 1]``; the camera looks down its -z axis, +y is up on
-  screen, +x is right. ``view`` is a rigid 4x4 transform.
+  screen, +x is right. ``look_at`` makes rigid 4x4 transforms (the multimodal Dataset folds
+  its scaling augmentation into them, which is equally valid for projection).
 * camera -> clip: ``x_clip = proj @ x_cam`` with the usual ``perspective`` matrix; normalised
   device coordinates are ``x_ndc = x_clip[:3] / x_clip[3]`` in [-1, 1]^3 (near -> -1).
 * NDC -> pixels: ``u = (x_ndc + 1) / 2 * W`` (column, left to right) and
@@ -60,8 +61,8 @@ def look_at(eyes: np.ndarray, target: np.ndarray | None = None, up: str | np.nda
     """View matrices (V, 4, 4) of cameras at ``eyes`` (V, 3) looking at ``target`` (3,).
 
     The camera's -z axis points at the target and its +y axis is the part of ``up`` orthogonal
-    to the viewing direction. When ``up`` is (nearly) parallel to the viewing direction the
-    next world axis is used instead, so every eye gets a valid camera.
+    to the viewing direction. When ``up`` is (nearly) parallel to the viewing direction, the
+    world axis least aligned with it is used instead, so every eye gets a valid camera.
     """
     eyes = np.atleast_2d(np.asarray(eyes, dtype=np.float64))
     target = np.zeros(3) if target is None else np.asarray(target, dtype=np.float64)
@@ -69,7 +70,8 @@ def look_at(eyes: np.ndarray, target: np.ndarray | None = None, up: str | np.nda
     forward = _unit(target[None] - eyes)  # camera -z
     ups = np.broadcast_to(up_vec, eyes.shape).copy()
     parallel = np.abs((forward * _unit(ups)).sum(-1)) > 0.999
-    ups[parallel] = np.roll(up_vec, 1)
+    least_aligned = np.eye(3)[np.argmin(np.abs(forward), axis=1)]
+    ups[parallel] = least_aligned[parallel]
     right = _unit(np.cross(forward, ups))
     true_up = np.cross(right, forward)
     view = np.zeros((len(eyes), 4, 4))

@@ -85,6 +85,8 @@ def render_mesh(
     than a pixel (wires, legs seen from afar) then still cover the pixels of their points.
     """
     height, width = _size(image_size)
+    if (surface_points is None) != (surface_normals is None):
+        raise ValueError("surface_points and surface_normals go together: give both or neither")
     used = mesh_backend(backend)
     if used == "splat":
         views = _render_mesh_as_splats(mesh, cameras, (height, width), color, face_colors, background,

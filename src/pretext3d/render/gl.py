@@ -162,14 +162,19 @@ class GLRenderer:
         float32 (0 on the background) and the mask (V, H, W) bool.
         """
         layout = ("3f 3f 3f", "in_position", "in_normal", "in_color")
-        vbo = self.ctx.buffer(np.ascontiguousarray(triangles, dtype="f4").tobytes())
-        vao = self.ctx.vertex_array(self.program, [(vbo, *layout)])
-        point_vbo = self.ctx.buffer(np.ascontiguousarray(corners, dtype="f4").tobytes())
-        point_vao = self.ctx.vertex_array(self.program, [(point_vbo, *layout)])
+        resources = []
         images = np.empty((len(view), self.height, self.width, 3), np.uint8)
         mask = np.empty((len(view), self.height, self.width), bool)
         depth = np.empty((len(view), self.height, self.width), np.float32)
         try:
+            vbo = self.ctx.buffer(np.ascontiguousarray(triangles, dtype="f4").tobytes())
+            resources.append(vbo)
+            vao = self.ctx.vertex_array(self.program, [(vbo, *layout)])
+            resources.append(vao)
+            point_vbo = self.ctx.buffer(np.ascontiguousarray(corners, dtype="f4").tobytes())
+            resources.append(point_vbo)
+            point_vao = self.ctx.vertex_array(self.program, [(point_vbo, *layout)])
+            resources.append(point_vao)
             self.fbo.use()
             self.ctx.enable(self.ctx.DEPTH_TEST)
             self.ctx.depth_func = "<="
@@ -186,6 +191,6 @@ class GLRenderer:
                 lin = np.frombuffer(self.fbo.read(components=1, attachment=1, dtype="f4"), np.float32)
                 depth[v] = lin.reshape(self.height, self.width)[::-1]
         finally:
-            for resource in (vao, vbo, point_vao, point_vbo):
+            for resource in reversed(resources):
                 resource.release()
         return images, depth, mask

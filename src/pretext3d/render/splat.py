@@ -59,19 +59,23 @@ def splat_zbuffer(u: np.ndarray, v: np.ndarray, z: np.ndarray, radius: np.ndarra
 
 
 def _splat_zbuffer_numpy(u, v, z, radius, zbuf, index):
+    height, width = zbuf.shape
     keep = np.flatnonzero(z > 0)
     if len(keep) == 0:
         return zbuf, index
-    height, width = zbuf.shape
-    reach = int(np.ceil(radius[keep].max())) + 1
-    offsets = np.arange(-reach, reach + 1)
-    ox, oy = (a.ravel() for a in np.meshgrid(offsets, offsets))
-    px = np.floor(u[keep])[:, None].astype(np.int64) + ox  # (K, P)
-    py = np.floor(v[keep])[:, None].astype(np.int64) + oy
-    dx, dy = px + 0.5 - u[keep, None], py + 0.5 - v[keep, None]
-    inside = (dx * dx + dy * dy <= radius[keep, None] ** 2) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
-    point = np.broadcast_to(keep[:, None], px.shape)[inside]
-    pixel = (py * width + px)[inside]
+    reach = np.ceil(radius[keep]).astype(np.int64) + 1
+    pixels, points = [], []
+    for r in np.unique(reach):  # points grouped by disc size: memory ~ sum of their own discs
+        group = keep[reach == r]
+        offsets = np.arange(-r, r + 1)
+        ox, oy = (a.ravel() for a in np.meshgrid(offsets, offsets))
+        px = np.floor(u[group])[:, None].astype(np.int64) + ox  # (K, P)
+        py = np.floor(v[group])[:, None].astype(np.int64) + oy
+        dx, dy = px + 0.5 - u[group, None], py + 0.5 - v[group, None]
+        inside = (dx * dx + dy * dy <= radius[group, None] ** 2) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
+        points.append(np.broadcast_to(group[:, None], px.shape)[inside])
+        pixels.append((py * width + px)[inside])
+    point, pixel = np.concatenate(points), np.concatenate(pixels)
     order = np.lexsort((point, z[point], pixel))  # by pixel, then depth, then index
     first = np.ones(len(order), bool)
     first[1:] = pixel[order][1:] != pixel[order][:-1]
