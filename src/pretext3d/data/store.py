@@ -4,7 +4,7 @@ Layout of ``DIR``::
 
     store.json                 settings (points, views, layout, image size, faces, ...) and classes
     manifest.json              every object of the source: key, name, class, label, split
-    objects/<split>/<name>.npz one file per finished object (see ``write_object``)
+    objects/<split>/<name>.npz one file per finished object, name percent-encoded (``prepare_object``)
     records/<shard>.<host>.<pid>.jsonl   one line per object a process finished or failed
     index.json                 the objects present (and what each holds) and the failures
 
@@ -29,10 +29,10 @@ import json
 import os
 import socket
 import time
-from urllib.parse import quote
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import numpy as np
 
