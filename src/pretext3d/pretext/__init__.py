@@ -1,5 +1,5 @@
 """Pretext tasks and their losses."""
 
-from pretext3d.pretext.losses import NTXentLoss
+from pretext3d.losses import NTXentLoss
 
 __all__ = ["NTXentLoss"]
