@@ -1,4 +1,5 @@
-"""Point backbones, heads and the reference-weight importer. Backbones are found by name."""
+"""Point backbones, image encoders (native ResNets), heads and the reference-weight importer.
+Point backbones are found by name."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pretext3d.models.edgeconv import EdgeConv
 from pretext3d.models.layers import EncoderWithHead, PointFeatures, ProjectionHead
 from pretext3d.models.pointnet import PointNet, PointNetPointwise
 from pretext3d.models.reference import REFERENCES, detect_reference, load_reference, read_state_dict
+from pretext3d.models.resnet import ImageFeatures, ResNet, load_torchvision_weights, resnet18, resnet50
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "pointnet": PointNet,
@@ -28,6 +30,11 @@ def build_backbone(name: str, **config: Any) -> nn.Module:
 
 
 __all__ = [
+    "ImageFeatures",
+    "ResNet",
+    "load_torchvision_weights",
+    "resnet18",
+    "resnet50",
     "BACKBONES",
     "DGCNN",
     "DGCNNSeg",
