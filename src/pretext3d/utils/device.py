@@ -7,7 +7,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["resolve_device", "is_distributed", "rank_and_world"]
+__all__ = ["resolve_device", "is_distributed", "rank_and_world", "init_distributed"]
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -26,3 +26,15 @@ def is_distributed() -> bool:
 
 def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def init_distributed() -> None:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL when this process
+    has a GPU, gloo otherwise. Does nothing in a single process or when already joined."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(resolve_device("auto"))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")

@@ -1,0 +1,352 @@
+"""The one training loop every pretext method uses.
+
+A method is an ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar, <part>: scalar,
+...}`` and which exposes ``backbone`` (the network to export), ``backbone_name`` and
+``backbone_config`` (how to rebuild it). The trainer owns the rest:
+
+* optimiser (Adam / AdamW / SGD) and a learning rate that is a pure function of the step
+  (linear warm-up, then cosine / step / constant), so resuming needs no scheduler state;
+* data order as a pure function of (seed, step): batch b of epoch e is a slice of
+  ``randperm(n, seed + e)``; under ``torchrun`` each process takes its share of every global
+  batch, so a run's data does not depend on the number of processes;
+* gradient clipping, AMP (CUDA only), DDP (gloo on CPU, NCCL on GPU);
+* a line per ``log_every`` steps with the loss parts, rate and ETA, and ``metrics.jsonl``;
+* checkpoints ``checkpoints/step-XXXXXXX/`` (weights in safetensors, optimiser state read
+  back with ``weights_only=True``, RNG states, step) written to a temporary folder and renamed,
+  the last two kept; ``resume=True`` continues from the newest complete one, and on the CPU the
+  final weights equal those of an uninterrupted run bit for bit;
+* at the end ``backbone.safetensors`` (``pretext3d.load_backbone``) and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pretext3d.engine.checkpoint import save_backbone
+from pretext3d.utils.device import init_distributed, rank_and_world, resolve_device
+from pretext3d.utils.io import atomic_write_json
+
+__all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "Trainer", "learning_rate", "batch_indices"]
+
+CHECKPOINT_FORMAT = "pretext3d-train-state/1"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | step | constant
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine: final lr = ratio x lr
+    step_size: int = 1000  # step: multiply by gamma every step_size steps
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 16  # global: split across processes under torchrun
+    seed: int = 0
+    optimizer: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    grad_clip: float | None = None
+    amp: bool = False
+    num_workers: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    device: str = "auto"
+
+
+def learning_rate(step: int, optim: OptimConfig, schedule: ScheduleConfig, total_steps: int) -> float:
+    """lr at ``step`` (0-based): linear warm-up to ``optim.lr`` over ``warmup_steps``, then
+
+    cosine:   lr_min + (lr - lr_min) (1 + cos(pi t)) / 2,  t = (step - warmup) / (total - warmup)
+    step:     lr * gamma^floor((step - warmup) / step_size)
+    constant: lr
+    """
+    if step < schedule.warmup_steps:
+        return optim.lr * (step + 1) / schedule.warmup_steps
+    after = step - schedule.warmup_steps
+    if schedule.name == "cosine":
+        span = max(1, total_steps - schedule.warmup_steps)
+        low = optim.lr * schedule.min_lr_ratio
+        return low + (optim.lr - low) * (1 + math.cos(math.pi * min(after, span) / span)) / 2
+    if schedule.name == "step":
+        return optim.lr * schedule.gamma ** (after // schedule.step_size)
+    if schedule.name == "constant":
+        return optim.lr
+    raise ValueError(f"unknown schedule {schedule.name!r}; known: cosine, step, constant")
+
+
+def make_optimizer(parameters, optim: OptimConfig) -> torch.optim.Optimizer:
+    if optim.name == "adam":
+        return torch.optim.Adam(parameters, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    if optim.name == "adamw":
+        return torch.optim.AdamW(parameters, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    if optim.name == "sgd":
+        return torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    raise ValueError(f"unknown optimizer {optim.name!r}; known: adam, adamw, sgd")
+
+
+def batch_indices(step: int, size: int, global_batch: int, seed: int, rank: int = 0, world: int = 1) -> tuple[int, list[int]]:
+    """(epoch, this process's dataset indices) of global batch ``step``: full batches of a
+    seeded permutation per epoch (the incomplete last batch is dropped, as with drop_last)."""
+    per_epoch = size // global_batch
+    if per_epoch == 0:
+        raise ValueError(f"the dataset has {size} samples, fewer than one batch of {global_batch}")
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    batch = order[position * global_batch:(position + 1) * global_batch]
+    local = global_batch // world
+    return epoch, batch[rank * local:(rank + 1) * local].tolist()
+
+
+class _StepBatches(Sampler[list[int]]):
+    """Batches for steps start..steps-1; indices are encoded with their epoch (see _EpochItems)."""
+
+    def __init__(self, size: int, global_batch: int, seed: int, start: int, steps: int, rank: int, world: int):
+        self.size, self.global_batch, self.seed = size, global_batch, seed
+        self.start, self.steps, self.rank, self.world = start, steps, rank, world
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.steps):
+            epoch, indices = batch_indices(step, self.size, self.global_batch, self.seed, self.rank, self.world)
+            yield [epoch * self.size + i for i in indices]
+
+
+class _EpochItems(Dataset):
+    """Decodes ``epoch * size + index`` and tells the dataset its epoch (``set_epoch``) before
+    reading the item, so per-epoch augmentation draws work in any DataLoader worker."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, code: int):
+        epoch, index = divmod(code, len(self.dataset))  # type: ignore[arg-type]
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"python": random.getstate()[1], "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), None))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+
+
+class Trainer:
+    """Trains ``method`` on ``dataset`` for ``config.steps`` steps into ``out``.
+
+    collate: DataLoader collate function (default: torch's). extra_config: recorded in
+    config.json next to the trainer's own settings (e.g. the recipe).
+    """
+
+    def __init__(self, method: nn.Module, dataset: Dataset, config: TrainConfig, out: str | Path,
+                 collate=None, extra_config: dict | None = None, log=None):
+        self.method, self.dataset, self.config = method, dataset, config
+        self.out = Path(out)
+        self.collate = collate
+        self.extra_config = extra_config or {}
+        init_distributed()
+        self.rank, self.world = rank_and_world()
+        self.device = resolve_device(config.device)
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        if config.batch_size % self.world:
+            raise ValueError(f"batch_size {config.batch_size} does not split evenly over {self.world} processes")
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _checkpoints(self) -> list[Path]:
+        folder = self.out / "checkpoints"
+        found = [p for p in folder.glob("step-*") if p.is_dir() and (p / "trainer.json").exists()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def _save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler) -> None:
+        """Write checkpoints/step-<step>/ under a temporary name, then rename (rank 0 only)."""
+        from safetensors.torch import save_file
+
+        if self.rank != 0:
+            return
+        final = self.out / "checkpoints" / f"step-{step:07d}"
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                    "rng": _rng_state()}, tmp / "state.pt")
+        atomic_write_json(tmp / "trainer.json", {"format": CHECKPOINT_FORMAT, "step": step,
+                                                 "config": asdict(self.config)})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in self._checkpoints()[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler) -> int:
+        """Load the newest complete checkpoint; returns the step to continue from (0: none)."""
+        from safetensors.torch import load_file
+
+        checkpoints = self._checkpoints()
+        if not checkpoints:
+            return 0
+        latest = checkpoints[-1]
+        model.load_state_dict(load_file(str(latest / "model.safetensors"), device=str(self.device)))
+        state = torch.load(latest / "state.pt", map_location=self.device, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state({**state["rng"], "torch": state["rng"]["torch"].cpu()})
+        return int(json.loads((latest / "trainer.json").read_text())["step"])
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def fit(self, resume: bool = False) -> dict:
+        """Run (or continue) training; returns {"steps", "final_loss", "seconds", ...}."""
+        config = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        method = self.method.to(self.device)
+        model: nn.Module = method
+        if self.world > 1:
+            model = nn.parallel.DistributedDataParallel(
+                method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        optimizer = make_optimizer([p for p in method.parameters() if p.requires_grad], config.optimizer)
+        use_amp = config.amp and self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda") if use_amp else None
+        start = self._restore(method, optimizer, scaler) if resume else 0
+        if resume and start:
+            self.log(f"resuming from step {start}")
+        self._trim_metrics(start)
+        loader = DataLoader(
+            _EpochItems(self.dataset),
+            batch_sampler=_StepBatches(len(self.dataset), config.batch_size, config.seed, start, config.steps,
+                                       self.rank, self.world),
+            num_workers=config.num_workers, collate_fn=self.collate, pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        model.train()
+        began, last_log = time.perf_counter(), None
+        parts: dict[str, float] = {}
+        step = start
+        metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
+        try:
+            for step, batch in enumerate(loader, start=start):
+                lr = learning_rate(step, config.optimizer, config.schedule, config.steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = _to_device(batch, self.device)
+                with torch.autocast(self.device.type, enabled=use_amp):
+                    outputs = model(batch)
+                loss = outputs["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                (scaler.scale(loss) if scaler else loss).backward()
+                if scaler:
+                    scaler.unscale_(optimizer)
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
+                (scaler.step(optimizer), scaler.update()) if scaler else optimizer.step()
+                parts = self._reduce({k: v.detach() for k, v in outputs.items() if torch.is_tensor(v) and v.dim() == 0})
+                done = step + 1
+                if done % config.log_every == 0 or done == config.steps:
+                    last_log = self._report(done, parts, lr, began, start, metrics)
+                if done % config.checkpoint_every == 0 and done < config.steps:
+                    self._save(done, method, optimizer, scaler)
+        finally:
+            if metrics:
+                metrics.close()
+        if start < config.steps:
+            self._save(config.steps, method, optimizer, scaler)
+        summary = {"steps": config.steps, "resumed_from": start, "final": parts or last_log or {},
+                   "seconds": time.perf_counter() - began}
+        self._export(summary)
+        return summary
+
+    def _reduce(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Scalars averaged over processes (what the log shows)."""
+        if self.world > 1 and values:
+            stacked = torch.stack([values[k].float() for k in sorted(values)])
+            dist.all_reduce(stacked)
+            return {k: float(v) / self.world for k, v in zip(sorted(values), stacked)}
+        return {k: float(v) for k, v in values.items()}
+
+    def _report(self, done: int, parts: dict[str, float], lr: float, began: float, start: int, metrics) -> dict:
+        elapsed = time.perf_counter() - began
+        rate = (done - start) / elapsed if elapsed > 0 else float("inf")
+        eta = (self.config.steps - done) / rate if rate > 0 else float("inf")
+        if self.rank == 0:
+            shown = " ".join(f"{k} {v:.4f}" for k, v in parts.items())
+            self.log(f"step {done}/{self.config.steps} {shown} lr {lr:.2e} | {rate:.2f} steps/s, ETA {eta:.0f}s")
+            metrics.write(json.dumps({"step": done, **parts, "lr": lr, "seconds": elapsed}) + "\n")
+            metrics.flush()
+        return parts
+
+    def _trim_metrics(self, start: int) -> None:
+        """Drop metric lines after the checkpoint a resumed run restarts from."""
+        path = self.out / "metrics.jsonl"
+        if self.rank != 0 or not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= start:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+        from pretext3d.utils.io import atomic_write_text
+
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+    def _export(self, summary: dict) -> None:
+        if self.rank != 0:
+            return
+        method = self.method
+        save_backbone(self.out / "backbone.safetensors", method.backbone, method.backbone_name,
+                      method.backbone_config, extra={"method": type(method).__name__, "steps": self.config.steps})
+        atomic_write_json(self.out / "config.json", {"train": asdict(self.config), **self.extra_config,
+                                                     "backbone": method.backbone_name,
+                                                     "backbone_config": method.backbone_config,
+                                                     "summary": summary})
