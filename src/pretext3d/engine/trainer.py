@@ -169,12 +169,14 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 def _rng_state() -> dict:
     np_state = np.random.get_state()
-    return {"python": random.getstate()[1], "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "torch": torch.get_rng_state()}
+    version, internal, gauss_next = random.getstate()
+    return {"python": [version, list(internal), gauss_next],
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]], "torch": torch.get_rng_state()}
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate((3, tuple(state["python"]), None))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
@@ -288,7 +290,11 @@ class Trainer:
                     scaler.unscale_(optimizer)
                 if config.grad_clip:
                     torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
-                (scaler.step(optimizer), scaler.update()) if scaler else optimizer.step()
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 parts = self._reduce({k: v.detach() for k, v in outputs.items() if torch.is_tensor(v) and v.dim() == 0})
                 done = step + 1
                 if done % config.log_every == 0 or done == config.steps:
