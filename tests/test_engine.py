@@ -109,3 +109,33 @@ def test_bad_settings_are_clear_errors(clouds, tmp_path):
         Trainer(parae(), clouds, config(optimizer=OptimConfig("lbfgs")), tmp_path / "x", log=lambda m: None).fit()
     with pytest.raises(ValueError, match="fewer than one batch"):
         Trainer(parae(), clouds, config(batch_size=64), tmp_path / "y", log=lambda m: None).fit()
+
+
+def test_two_gloo_processes_train_like_one_on_the_global_batch(clouds, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parent), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(here / "train_dist_worker.py"), str(tmp_path / "ddp")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.manual_seed(0)
+    single = ParAE(partitions=8, backbone_config=TINY)
+    settings = TrainConfig(steps=4, batch_size=4, seed=3, optimizer=OptimConfig("sgd", 0.05), log_every=1,
+                           checkpoint_every=100)
+    Trainer(single, clouds, settings, tmp_path / "one", log=lambda m: None).fit()
+    ddp = load_file(str(tmp_path / "ddp" / "final.safetensors"))
+    for key, value in single.state_dict().items():
+        torch.testing.assert_close(ddp[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    losses_ddp = [json.loads(line)["loss"] for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    losses_one = [json.loads(line)["loss"] for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert losses_ddp == pytest.approx(losses_one, rel=1e-5)

@@ -9,7 +9,8 @@ A method is an ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar,
 * data order as a pure function of (seed, step): batch b of epoch e is a slice of
   ``randperm(n, seed + e)``; under ``torchrun`` each process takes its share of every global
   batch, so a run's data does not depend on the number of processes;
-* gradient clipping, AMP (CUDA only), DDP (gloo on CPU, NCCL on GPU);
+* gradient clipping, AMP (CUDA only), DDP (gloo on CPU, NCCL on GPU) with BatchNorm
+  statistics over the global batch (``sync_bn.py`` on CPU, SyncBatchNorm on GPU);
 * a line per ``log_every`` steps with the loss parts, rate and ETA, and ``metrics.jsonl``;
 * checkpoints ``checkpoints/step-XXXXXXX/`` (weights in safetensors, optimiser state read
   back with ``weights_only=True``, RNG states, step) written to a temporary folder and renamed,
@@ -38,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pretext3d.engine.checkpoint import save_backbone
+from pretext3d.engine.sync_bn import convert_batchnorm
 from pretext3d.utils.device import init_distributed, rank_and_world, resolve_device
 from pretext3d.utils.io import atomic_write_json
 
@@ -254,6 +256,12 @@ class Trainer:
         method = self.method.to(self.device)
         model: nn.Module = method
         if self.world > 1:
+            # BatchNorm statistics over the global batch (torch's SyncBatchNorm needs a GPU)
+            if self.device.type == "cuda":
+                method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+            else:
+                method = convert_batchnorm(method)
+            self.method = method
             model = nn.parallel.DistributedDataParallel(
                 method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         optimizer = make_optimizer([p for p in method.parameters() if p.requires_grad], config.optimizer)
