@@ -4,7 +4,6 @@ features as one process, and NT-Xent with gathered negatives equals the single-p
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,9 @@ import torch
 from pretext3d.eval import extract_features
 from pretext3d.models import PointNet
 from pretext3d.pretext import NTXentLoss
-from tests_helpers import tiny_clouds
+from tests_helpers import free_port, tiny_clouds
 
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_match_one(tmp_path):

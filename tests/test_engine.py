@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ from pretext3d.data.builtin import builtin_splits
 from pretext3d.engine.checkpoint import load_backbone
 from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig, Trainer, batch_indices, learning_rate
 from pretext3d.pretext.parae import ParAE
+from tests.tests_helpers import free_port
 
 TINY = {"encoder_widths": (16, 32), "decoder_widths": (32,)}
 
@@ -112,19 +117,10 @@ def test_bad_settings_are_clear_errors(clouds, tmp_path):
 
 
 def test_two_gloo_processes_train_like_one_on_the_global_batch(clouds, tmp_path):
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
     here = Path(__file__).resolve().parent
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parent), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(here / "train_dist_worker.py"), str(tmp_path / "ddp")]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

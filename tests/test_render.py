@@ -14,26 +14,21 @@ from pretext3d.render import Lighting, gl_available, gl_unavailable_reason, rend
 from pretext3d.render.shading import shade
 from pretext3d.render.splat import _splat_zbuffer_numpy, estimate_normals, splat_zbuffer
 from tests.conftest import shared_data
+from tests.tests_helpers import project_to_pixels
 
 needs_gl = pytest.mark.skipif(not gl_available(), reason=f"no OpenGL here: {gl_unavailable_reason()}")
 
 
 def fraction_in_mask(points: np.ndarray, views) -> np.ndarray:
-    """Per view, the fraction of points whose pixel is inside the mask."""
-    size = views.mask.shape[1:]
-    uv, _ = project_points(points, views.view.astype(np.float64), views.proj.astype(np.float64), size)
-    cols = np.clip(np.floor(uv[..., 0]).astype(int), 0, size[1] - 1)
-    rows = np.clip(np.floor(uv[..., 1]).astype(int), 0, size[0] - 1)
-    return views.mask[np.arange(len(views))[:, None], rows, cols].mean(axis=1)
+    """Per view, the fraction of points whose pixel is inside the image and the mask."""
+    rows, cols, inside, _ = project_to_pixels(points, views.view, views.proj, views.mask.shape[1:])
+    return (views.mask[np.arange(len(views))[:, None], rows, cols] & inside).mean(axis=1)
 
 
 def depth_not_behind(points: np.ndarray, views, tolerance: float = 0.02) -> float:
     """Fraction of (view, point) pairs whose pixel's rendered depth is at most the point's own
     depth (+ tolerance): the visible surface there is the point's or something in front of it."""
-    size = views.mask.shape[1:]
-    uv, depth = project_points(points, views.view.astype(np.float64), views.proj.astype(np.float64), size)
-    cols = np.clip(np.floor(uv[..., 0]).astype(int), 0, size[1] - 1)
-    rows = np.clip(np.floor(uv[..., 1]).astype(int), 0, size[0] - 1)
+    rows, cols, _, depth = project_to_pixels(points, views.view, views.proj, views.mask.shape[1:])
     rendered = views.depth[np.arange(len(views))[:, None], rows, cols]
     return float((rendered <= depth + tolerance).mean())
 

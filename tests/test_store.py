@@ -15,8 +15,7 @@ from pretext3d.data.errors import DataFormatError
 from pretext3d.data.multimodal import ImageAugment, MultimodalDataset, PointAugment, crop_flip_ndc
 from pretext3d.data.prepare import parse_shard, prepare, verify
 from pretext3d.data.store import StoreSettings, decode_images, encode_images, object_path, read_object
-from pretext3d.geometry.cameras import project_points
-from tests.tests_helpers import write_two_class_npz
+from tests.tests_helpers import project_to_pixels, write_two_class_npz
 
 SMALL = StoreSettings(points=256, views=4, layout="dodecahedron", image_size=64, faces=128)
 BUILTIN = "builtin:train=1,test=1"  # 14 classes x 2 objects
@@ -31,13 +30,9 @@ def builtin_store(tmp_path_factory) -> Path:
 
 
 def in_mask_fraction(points: np.ndarray, view: np.ndarray, proj: np.ndarray, mask: np.ndarray) -> float:
-    size = mask.shape
-    uv, _ = project_points(points.astype(np.float64), view.astype(np.float64), proj.astype(np.float64), size)
-    cells = np.floor(uv).astype(int)
-    inside_image = (cells >= 0).all(1) & (cells[:, 0] < size[1]) & (cells[:, 1] < size[0])
-    hits = np.zeros(len(points), bool)
-    hits[inside_image] = mask[cells[inside_image, 1], cells[inside_image, 0]]
-    return hits[inside_image].mean()
+    """Of the points that project inside the image, the fraction that land in the mask."""
+    rows, cols, inside, _ = project_to_pixels(points, view, proj, mask.shape)
+    return mask[rows, cols][inside].mean()
 
 
 def test_store_layout_index_and_object_contents(builtin_store):

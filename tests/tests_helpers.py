@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,22 @@ class DyingSource(Source):
         if obj.key == "train/airplane_0000":
             os._exit(1)
         return super().load(obj)
+
+
+def project_to_pixels(points: np.ndarray, view: np.ndarray, proj: np.ndarray, size: tuple[int, int]):
+    """Pixel (row, column) of each point with the given matrices, clipped into the image, whether
+    it lies inside the image, and its depth. view, proj: (4, 4) or (V, 4, 4) -> arrays (N,) or (V, N)."""
+    from pretext3d.geometry.cameras import project_points
+
+    uv, depth = project_points(points.astype(np.float64), view.astype(np.float64), proj.astype(np.float64), size)
+    cells = np.floor(uv).astype(int)
+    inside = (cells >= 0).all(-1) & (cells[..., 0] < size[1]) & (cells[..., 1] < size[0])
+    rows, cols = np.clip(cells[..., 1], 0, size[0] - 1), np.clip(cells[..., 0], 0, size[1] - 1)
+    return rows, cols, inside, depth
+
+
+def free_port() -> int:
+    """A TCP port free right now on this machine (for torchrun's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

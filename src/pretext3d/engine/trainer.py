@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pretext3d.engine.checkpoint import save_backbone
 from pretext3d.engine.sync_bn import convert_batchnorm
 from pretext3d.utils.device import init_distributed, rank_and_world, resolve_device
-from pretext3d.utils.io import atomic_write_json
+from pretext3d.utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "Trainer", "learning_rate", "batch_indices"]
 
@@ -350,8 +350,6 @@ class Trainer:
                     kept.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a kill
-        from pretext3d.utils.io import atomic_write_text
-
         atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
     def _export(self, summary: dict) -> None:
