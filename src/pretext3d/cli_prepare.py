@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretext3d.geometry.cameras import LAYOUTS
+from pretext3d.geometry.cameras import DEFAULT_VIEWS, LAYOUTS
 
 __all__ = ["add_prepare", "add_render", "add_verify"]
 
@@ -50,7 +50,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from pretext3d.data.prepare import parse_shard, prepare
     from pretext3d.data.store import StoreSettings
 
-    views = args.views or {"dodecahedron": 20, "ring12": 12, "random": 20}[args.layout]
+    views = args.views or DEFAULT_VIEWS[args.layout]
     settings = StoreSettings(points=args.points, views=views, layout=args.layout, image_size=args.image_size,
                              faces=args.faces, seed=args.seed, up=args.up, renderer=args.renderer,
                              depth=args.depth, grayscale=args.grayscale)
@@ -159,7 +159,7 @@ def _source_rows(args: argparse.Namespace) -> tuple[list[np.ndarray], list[str]]
 
     source = open_source(args.input)
     objects = source.objects()
-    settings = StoreSettings(points=1, views=args.views or {"dodecahedron": 20, "ring12": 12, "random": 20}[args.layout],
+    settings = StoreSettings(points=1, views=args.views or DEFAULT_VIEWS[args.layout],
                              layout=args.layout, image_size=args.image_size,
                              up=source.default_up() if args.up == "auto" else args.up, renderer=args.renderer)
     rows, captions = [], []

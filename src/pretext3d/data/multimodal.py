@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from pretext3d.data.errors import DataFormatError
 from pretext3d.data.store import decode_images, read_index, read_object, read_store_settings
+from pretext3d.render.shading import LUMA
 
 __all__ = ["ImageAugment", "MultimodalDataset", "PointAugment", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -105,7 +106,7 @@ def crop_flip_ndc(box: tuple[float, float, float, float], height: int, width: in
 
 def _colour_jitter(image: np.ndarray, rng: np.random.Generator, augment: ImageAugment) -> np.ndarray:
     """image: (H, W, 3) float in [0, 1]."""
-    grey_weights = np.array([0.299, 0.587, 0.114])
+    grey_weights = np.array(LUMA)
     image = image * rng.uniform(1 - augment.brightness, 1 + augment.brightness)
     mean = (image @ grey_weights).mean()
     image = (image - mean) * rng.uniform(1 - augment.contrast, 1 + augment.contrast) + mean
@@ -161,6 +162,9 @@ class MultimodalDataset(Dataset):
         self.point_augment, self.image_augment = point_augment, image_augment
         self.normalize, self.modalities, self.seed = normalize, tuple(modalities), seed
         self.epoch = 0
+        wanted = {"points": ("points", "normals"), "images": ("images_png", "image_offsets", "view", "proj"),
+                  "mesh": ("mesh_features", "mesh_neighbours")}
+        self._keys = tuple(k for m in self.modalities for k in wanted.get(m, ()))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -173,7 +177,7 @@ class MultimodalDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         path = self.root / entry["file"]
         try:
-            arrays = read_object(path)
+            arrays = read_object(path, self._keys)
         except Exception as err:  # a damaged file: name it (zip/npy errors come in many types)
             raise DataFormatError(path, f"cannot be read ({type(err).__name__}: {err}); run `pretext3d verify`") from None
         item: dict[str, torch.Tensor | int] = {"label": int(entry["label"]), "index": i}

@@ -174,9 +174,10 @@ def prepare(
     settings = settings or StoreSettings()
     if settings.up == "auto":
         settings = replace(settings, up=source.default_up())
-    stored = min(d.num_points for d in source.splits.values())
-    if source.kind == "points" and stored < settings.points:
-        raise DataFormatError(source.path, f"has {stored} points per cloud, fewer than the {settings.points} asked for")
+    if source.kind == "points":
+        stored = min(d.num_points for d in source.splits.values())
+        if stored < settings.points:
+            raise DataFormatError(source.path, f"has {stored} points per cloud, fewer than the {settings.points} asked for")
     objects = source.objects()
     write_store_header(root, source, settings, objects)
     taken = objects[:limit] if limit else objects

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pretext3d.data.builtin import CLASSES as BUILTIN_CLASSES
 from pretext3d.data.builtin import make_shape, parse_builtin_spec
 from pretext3d.data.errors import DataFormatError
 from pretext3d.data.meshes import Mesh, load_mesh
@@ -43,6 +44,27 @@ class LoadedObject:
     estimated_normals: bool = False
 
 
+@dataclass
+class _BuiltinNames:
+    """The built-in dataset's objects of one split, without making their meshes."""
+
+    names: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    up_axis: str = "z"
+
+
+def _builtin_names(seed: int, train: int, test: int) -> dict[str, _BuiltinNames]:
+    """Same names and order as ``builtin_splits``: by class, then index; the first ``train``
+    indices of each class are training objects."""
+    splits = {}
+    for split, indices in (("train", range(train)), ("test", range(train, train + test))):
+        pairs = [(f"{cls}_{i:04d}", label) for label, cls in enumerate(BUILTIN_CLASSES) for i in indices]
+        splits[split] = _BuiltinNames([n for n, _ in pairs], np.array([lab for _, lab in pairs], dtype=np.int64),
+                                      list(BUILTIN_CLASSES))
+    return splits
+
+
 class Source:
     """One dataset on disk (any supported format) seen as objects to prepare."""
 
@@ -50,12 +72,14 @@ class Source:
         self.path = str(path)
         self.fmt = fmt or detect_format(path)
         self.kind = "mesh" if self.fmt in MESH_FORMATS else "points"
-        # num_points=None keeps every stored point; meshes are not sampled by this wrapper
-        self.splits: dict[str, PointCloudDataset] = open_splits(path, num_points=None, fmt=self.fmt, on_error="skip")
+        self._builtin = parse_builtin_spec(self.path) if self.fmt == "builtin" else None
+        if self._builtin is not None:  # names only: the meshes are made per object by load()
+            self.splits: dict[str, PointCloudDataset | _BuiltinNames] = _builtin_names(**self._builtin)
+        else:  # num_points=None keeps every stored point; meshes are not sampled by this wrapper
+            self.splits = open_splits(path, num_points=None, fmt=self.fmt, on_error="skip")
         first = next(iter(self.splits.values()))
         self.classes: list[str] = list(first.classes)
         self.up_axis: str | None = first.up_axis
-        self._builtin = parse_builtin_spec(self.path) if self.fmt == "builtin" else None
 
     def __getstate__(self) -> dict:
         """Pickles as (path, format): a worker process reopens the data instead of receiving it."""

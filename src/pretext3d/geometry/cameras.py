@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "Cameras",
+    "DEFAULT_VIEWS",
     "LAYOUTS",
     "dodecahedron_viewpoints",
     "fit_fov",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 LAYOUTS = ("random", "dodecahedron", "ring12")
+DEFAULT_VIEWS = {"random": 20, "dodecahedron": 20, "ring12": 12}  # views per object when not given
 _UP = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
 
 

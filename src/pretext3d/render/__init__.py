@@ -15,7 +15,7 @@ import numpy as np
 from pretext3d.data.meshes import Mesh
 from pretext3d.geometry.cameras import Cameras, project_points
 from pretext3d.render.gl import GLRenderer, gl_available, gl_unavailable_reason
-from pretext3d.render.shading import Lighting, Views, shade
+from pretext3d.render.shading import LUMA, Lighting, Views, shade
 from pretext3d.render.splat import auto_splat_radius, estimate_normals, splat_view
 
 __all__ = [
@@ -40,7 +40,7 @@ def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
 
 def _to_grey(images: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma of (..., 3) uint8 images."""
-    return np.round(images @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+    return np.round(images @ np.array(LUMA)).astype(np.uint8)
 
 
 def mesh_backend(requested: Backend = "auto") -> str:

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Lighting", "Views", "shade"]
+__all__ = ["LUMA", "Lighting", "Views", "shade"]
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights of R, G, B in grey
 
 
 @dataclass(frozen=True)
