@@ -12,6 +12,7 @@ import torch.distributed as dist
 from pretext3d.eval import extract_features
 from pretext3d.models import PointNet
 from pretext3d.pretext import NTXentLoss
+from pretext3d.utils.device import finish_distributed
 from tests_helpers import tiny_clouds
 
 
@@ -29,7 +30,7 @@ def main(out: str) -> None:
     loss.backward()
     np.savez(f"{out}_rank{rank}.npz", features=feats.features, indices=feats.indices, loss=loss.item(),
              grad=local0.grad.numpy())
-    dist.destroy_process_group()
+    finish_distributed()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from pretext3d.data.builtin import builtin_splits
 from pretext3d.engine.trainer import OptimConfig, TrainConfig, Trainer
 from pretext3d.pretext.parae import ParAE
+from pretext3d.utils.device import finish_distributed
 
 TINY = {"encoder_widths": (16, 32), "decoder_widths": (32,)}
 
@@ -24,6 +25,7 @@ def main(out: str) -> None:
     trainer.fit()
     if trainer.rank == 0:
         save_file({k: v.detach().contiguous() for k, v in trainer.method.state_dict().items()}, f"{out}/final.safetensors")
+    finish_distributed()
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pretext3d.utils.device import all_gather_with_grad, rank_and_world
 
 __all__ = [
     "GMMNLLLoss",
@@ -38,11 +39,7 @@ def gather_with_grad(x: Tensor) -> tuple[Tensor, int]:
     Returns the concatenation (world * B, D) and this process's rank; outside a distributed run,
     (x, 0).
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x, 0
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0), dist.get_rank()
+    return all_gather_with_grad(x), rank_and_world()[0]
 
 
 class NTXentLoss(nn.Module):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pretext3d.utils.device import is_distributed
+from pretext3d.utils.device import all_reduce_with_grad, is_distributed
 
 __all__ = ["GlobalBatchNorm", "convert_batchnorm"]
 
@@ -31,13 +31,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and is_distributed()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         self._check_input_dim(x)
         channels = x.shape[1]
         dims = [0, *range(2, x.dim())]
         count = torch.full((1,), x.numel() // channels, dtype=x.dtype, device=x.device)
-        totals = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        totals = all_reduce_with_grad(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
         samples = totals[-1]
         mean = totals[:channels] / samples
         var = (totals[channels:2 * channels] / samples - mean * mean).clamp_min(0)

@@ -7,7 +7,15 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["resolve_device", "is_distributed", "rank_and_world", "init_distributed"]
+__all__ = [
+    "all_gather_with_grad",
+    "all_reduce_with_grad",
+    "finish_distributed",
+    "init_distributed",
+    "is_distributed",
+    "rank_and_world",
+    "resolve_device",
+]
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -38,3 +46,56 @@ def init_distributed() -> None:
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
+
+
+def finish_distributed() -> None:
+    """Leave the process group: wait for every process first, so that no peer tears its gloo
+    connections down while another still uses them (a cause of aborts at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum_p x_p on every process; dL/dx_p = sum_q dL_q/dy (each process's loss uses y)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class _AllGatherCat(torch.autograd.Function):
+    """y = cat_p x_p (dim 0) on every process; dL/dx_r = (sum_q dL_q/dy)[rows of r]."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum of ``x`` over processes (``x`` itself outside a distributed run)."""
+    return _AllReduceSum.apply(x) if is_distributed() else x
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable concatenation of every process's ``x`` (B, ...) along dim 0 (same B on every
+    process; ``x`` itself outside a distributed run)."""
+    return _AllGatherCat.apply(x) if is_distributed() else x
