@@ -10,10 +10,24 @@ import torch
 import torch.distributed as dist
 
 from pretext3d.eval import extract_features
-from pretext3d.models import PointNet
+from pretext3d.engine.sync_bn import convert_batchnorm
+from pretext3d.models import DGCNN, PointNet
 from pretext3d.pretext import NTXentLoss
 from pretext3d.utils.device import finish_distributed
 from tests_helpers import tiny_clouds
+
+
+def dgcnn_step(rows: slice, impl: str = "fast") -> dict[str, np.ndarray]:
+    """A train-mode DGCNN (BatchNorm over the global batch) on this process's rows of a fixed
+    batch: global features, input gradients and parameter gradients of sum(features^2)."""
+    torch.manual_seed(0)
+    net = convert_batchnorm(DGCNN(k=4, emb_dims=8)).train()
+    net.impl = impl
+    x = torch.randn(8, 24, 3, generator=torch.Generator().manual_seed(2))[rows].clone().requires_grad_()
+    features = net(x).global_
+    features.square().sum().backward()
+    grads = {f"param_{name}": p.grad.numpy() for name, p in net.named_parameters()}
+    return {"dgcnn_features": features.detach().numpy(), "dgcnn_input_grad": x.grad.numpy(), **grads}
 
 
 def main(out: str) -> None:
@@ -28,8 +42,9 @@ def main(out: str) -> None:
     local0 = z0[rows].clone().requires_grad_()
     loss = NTXentLoss(0.2, gather_distributed=True)(local0, z1[rows])
     loss.backward()
+    dgcnn = dgcnn_step(rows)
     np.savez(f"{out}_rank{rank}.npz", features=feats.features, indices=feats.indices, loss=loss.item(),
-             grad=local0.grad.numpy())
+             grad=local0.grad.numpy(), **dgcnn)
     finish_distributed()
 
 

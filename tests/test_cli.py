@@ -93,13 +93,22 @@ def test_mesh_folder_with_worker_processes(tmp_path, capsys):
     assert rc == 0 and "area-weighted" in out and "28 train / 14 test" in out
 
 
-def test_demo_runs_end_to_end_on_a_small_builtin_set(tmp_path, capsys):
-    rc = main(["demo", "--train", "3", "--test", "1", "--points", "256", "--out", str(tmp_path / "demo"), "--quiet"])
+def test_demo_pretrains_and_compares_with_random_init(tmp_path, capsys):
+    args = ["demo", "--train", "3", "--test", "1", "--points", "128", "--steps", "2", "--out", str(tmp_path / "demo"),
+            "--quiet", "batch_size=8", "num_workers=0",
+            "data_options.builtin_store={views: 2, image_size: 32, faces: 64}", "data_options.image_size=32"]
+    rc = main(args)
     out = capsys.readouterr().out
-    assert rc == 0 and "pointnet" in out and "dgcnn" in out and "linear-SVM acc" in out
-    for backbone in ("pointnet", "dgcnn"):
-        report = json.loads((tmp_path / "demo" / f"linear_svm_{backbone}.json").read_text())
-        assert report["train_size"] == 42 and report["test_size"] == 14
+    assert rc == 0 and "random init" in out and "parae 2 steps" in out and "crosspoint 2 steps" in out
+    floor = json.loads((tmp_path / "demo" / "linear_svm_random_init.json").read_text())
+    assert floor["train_size"] == 42 and floor["test_size"] == 14
+    for method, backbone in (("parae", "pointnet-pointwise"), ("crosspoint", "pointnet")):
+        report = json.loads((tmp_path / "demo" / f"linear_svm_{method}.json").read_text())
+        assert report["backbone"] == backbone and report["test_size"] == 14
+        assert (tmp_path / "demo" / f"pretrain_{method}" / "backbone.safetensors").is_file()
+    # a second demo reuses the finished runs
+    assert main(args) == 0
+    assert json.loads((tmp_path / "demo" / "pretrain_parae" / "config.json").read_text())["summary"]["resumed_from"] == 2
 
 
 def test_console_script_is_installed():

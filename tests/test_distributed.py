@@ -14,6 +14,7 @@ import torch
 from pretext3d.eval import extract_features
 from pretext3d.models import PointNet
 from pretext3d.pretext import NTXentLoss
+from dist_worker import dgcnn_step
 from tests_helpers import free_port, tiny_clouds
 
 HERE = Path(__file__).resolve().parent
@@ -44,3 +45,14 @@ def test_two_processes_match_one(tmp_path):
     # DDP averages gradients over processes: local gradient / world == slice of the global one
     grads = np.concatenate([r["grad"] for r in ranks]) / 2
     np.testing.assert_allclose(grads, z0.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+    # DGCNN's EdgeConv statistics span both processes: the same features and gradients as one
+    # process on the whole batch (parameter gradients: the sum of the processes')
+    single = dgcnn_step(slice(0, 8))
+    np.testing.assert_allclose(np.concatenate([r["dgcnn_features"] for r in ranks]), single["dgcnn_features"],
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([r["dgcnn_input_grad"] for r in ranks]), single["dgcnn_input_grad"],
+                               rtol=1e-4, atol=1e-5)
+    for key in (k for k in single if k.startswith("param_")):
+        scale = float(np.abs(single[key]).max())  # float32 sums in another order: relative to the largest entry
+        np.testing.assert_allclose(ranks[0][key] + ranks[1][key], single[key], rtol=1e-4, atol=1e-5 * scale, err_msg=key)

@@ -94,6 +94,40 @@ def test_crosspoint_dgcnn_training_step(impl):
     assert checked == golden_keys
 
 
+def test_crosspoint_method_losses_and_gradients_match_reference(impl):
+    """The CrossPoint method (both views through the network as one batch, heads, IMID + CMID)
+    with the golden weights: loss_imid, loss_cmid and every point-side gradient to 1e-5."""
+    from pretext3d.pretext.crosspoint import CrossPoint
+
+    case = golden_case("crosspoint_dgcnn_small")
+    reference = load_reference("crosspoint-dgcnn", golden_state_dict(case), k=8)
+    backbone = reference.backbone
+    method = CrossPoint("dgcnn", {"k": 8, "emb_dims": backbone.emb_dims}, image_encoder="resnet18",
+                        hidden_dim=reference.head.fc1.out_features, projection_dim=reference.head.fc2.out_features,
+                        temperature=0.1, gather_distributed=False).train()
+    method.backbone.load_state_dict(backbone.state_dict())
+    method.point_head.load_state_dict(reference.head.state_dict())
+    set_impl(method, impl)
+    x = points_of(case)
+    half = x.shape[0] // 2
+    out = method.losses(method.point_projections(torch.stack([x[:half], x[half:]], dim=1)), t(case["inputs/img_feats"]))
+    out["loss"].backward()
+    torch.testing.assert_close(out["imid"], t(case["outputs/loss_imid"]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["cmid"], t(case["outputs/loss_cmid"]), rtol=1e-5, atol=1e-5)
+    params = dict(method.named_parameters())
+    checked = 0
+    for ours, ref_names in reference.reference_keys.items():
+        name = "point_head." + ours[len("head."):] if ours.startswith("head.") else ours
+        for ref in ref_names:
+            if f"grads/{ref}" in case:
+                expected = t(case[f"grads/{ref}"])
+                scale = max(1.0, float(expected.abs().max()))
+                torch.testing.assert_close(params[name].grad.reshape(expected.shape), expected, rtol=1e-4,
+                                           atol=1e-5 * scale, msg=ref)
+                checked += 1
+    assert checked == sum(k.startswith("grads/") for k in case)
+
+
 def test_jing_dgcnn512(impl):
     case = golden_case("dgcnn_jing512")
     model = load_reference("jing-dgcnn512", golden_state_dict(case), k=20)

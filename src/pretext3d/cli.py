@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from pretext3d.cli_prepare import add_prepare, add_render, add_verify
+from pretext3d.cli_pretrain import add_pretrain
 
 __all__ = ["main", "build_parser"]
 
@@ -35,10 +36,12 @@ def _add_linear_svm(sub: argparse._SubParsersAction) -> None:
         "C is given (--C) or chosen by cross-validation on the train split only; the test split is scored once.",
     )
     p.add_argument("--data", required=True, help="dataset file/folder in any supported format, or 'builtin[:seed=,train=,test=]'")
-    p.add_argument("--backbone", required=True, choices=["pointnet", "dgcnn"])
+    p.add_argument("--backbone", choices=["pointnet", "dgcnn", "pointnet-pointwise", "dgcnn-seg"],
+                   help="required with --random-init (pointnet or dgcnn); with --checkpoint, checks what it holds")
     init = p.add_mutually_exclusive_group(required=True)
     init.add_argument("--random-init", action="store_true", help="untrained backbone; BatchNorm statistics calibrated on training clouds")
-    init.add_argument("--checkpoint", help="pretext3d .safetensors checkpoint, or reference weights (.pth/.pt/.npz)")
+    init.add_argument("--checkpoint", help="a `pretext3d pretrain` run folder, a pretext3d .safetensors checkpoint, "
+                      "or reference weights (.pth/.pt/.npz)")
     p.add_argument("--points", type=_at_least(1), default=1024, help="points per cloud (default 1024)")
     p.add_argument("--subsample", choices=["first", "random", "fps"], default="first",
                    help="how clouds with more points are cut to --points (default: the first N, as published)")
@@ -75,6 +78,8 @@ def _cmd_linear_svm(args: argparse.Namespace) -> int:
         device=args.device, num_workers=args.workers, cache_dir=args.cache_dir, use_cache=not args.no_cache,
         progress=not args.quiet,
     )
+    if args.random_init and args.backbone not in ("pointnet", "dgcnn"):
+        raise ValueError("--random-init needs --backbone pointnet or dgcnn")
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     report = run_linear_svm(cfg, log=log)
     print(format_linear_svm(report))
@@ -156,51 +161,72 @@ def _cmd_data_builtin(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_METHODS = {"parae": "parae_cpu", "crosspoint": "crosspoint_cpu"}
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job end to end on the built-in data (a few minutes on 2 cores)")
-    p.add_argument("--out", default="demo_out", help="where the report and cache go (default demo_out)")
+    p = sub.add_parser("demo", help="the main job end to end on the built-in data: pretrain, then the linear-SVM "
+                       "gain over random init (minutes on 2 cores)")
+    p.add_argument("--out", default="demo_out", help="runs, reports and cache (default demo_out; a finished run is reused)")
+    p.add_argument("--methods", nargs="+", choices=sorted(DEMO_METHODS), default=["parae", "crosspoint"],
+                   help="pretext tasks to pretrain with (their *_cpu recipes; default both)")
+    p.add_argument("--steps", type=_at_least(1), default=120, help="pretraining steps per method (default 120)")
     p.add_argument("--train", type=_at_least(2), default=40, help="built-in objects per class for training")
     p.add_argument("--test", type=_at_least(1), default=10, help="built-in objects per class for testing")
     p.add_argument("--points", type=_at_least(1), default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for every method")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """Random-init PointNet floor, then each method's *_cpu recipe on the same built-in
+    training split, each evaluated with the same linear-SVM protocol."""
+    from pretext3d.cli_pretrain import pretrain
     from pretext3d.eval.protocols import LinearSVMConfig, run_linear_svm
     from pretext3d.utils.io import atomic_write_json
 
     out = Path(args.out)
     data = f"builtin:seed={args.seed},train={args.train},test={args.test}"
-    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     start = time.perf_counter()
-    rows = []
-    for backbone in ("pointnet", "dgcnn"):
-        log(f"[demo] {backbone}: random init, BN calibrated on the training clouds, linear SVM")
-        cfg = LinearSVMConfig(data=data, backbone=backbone, random_init=True, num_points=args.points,
-                              seeds=[args.seed], bn_calibration_clouds=10 * args.train, device=args.device,
-                              cache_dir=str(out / "cache"), progress=not args.quiet)
-        report = run_linear_svm(cfg, log=log)
-        atomic_write_json(out / f"linear_svm_{backbone}.json", report)
-        rows.append(report)
-    print(format_demo(rows, time.perf_counter() - start))
+    common = dict(data=data, num_points=args.points, seeds=[args.seed], device=args.device,
+                  cache_dir=str(out / "cache"), progress=not args.quiet)
+    log("[demo] random-init PointNet: BN calibrated on the training clouds, linear SVM")
+    floor = run_linear_svm(LinearSVMConfig(backbone="pointnet", random_init=True,
+                                           bn_calibration_clouds=10 * args.train, **common), log=log)
+    atomic_write_json(out / "linear_svm_random_init.json", floor)
+    rows = [("random init (BN cal.)", floor, None)]
+    for method in args.methods:
+        run = out / f"pretrain_{method}"
+        overrides = [f"steps={args.steps}", f"seed={args.seed}", f"device={args.device}", f"data_options.points={args.points}",
+                     f"data_options.builtin={{train: {args.train}, test: {args.test}, seed: {args.seed}}}",
+                     *args.overrides]
+        log(f"[demo] pretraining with {method} ({DEMO_METHODS[method]}, {args.steps} steps) into {run}")
+        summary = pretrain(DEMO_METHODS[method], run, overrides, resume=(run / "recipe.json").exists(), log=log)
+        report = run_linear_svm(LinearSVMConfig(backbone=None, checkpoint=str(run), **common), log=log)
+        atomic_write_json(out / f"linear_svm_{method}.json", report)
+        rows.append((f"{method} {args.steps} steps", report, summary))
+    print(format_demo(rows, time.perf_counter() - start, out))
     return 0
 
 
-def format_demo(reports: list[dict], seconds: float) -> str:
-    first = reports[0]
+def format_demo(rows: list[tuple[str, dict, dict | None]], seconds: float, out: Path) -> str:
+    first = rows[0][1]
+    floor = first["accuracy"]
     lines = [
         f"pretext3d demo - built-in data: {first['num_classes']} classes, {first['train_size']} train / "
-        f"{first['test_size']} test objects, {first['num_points']} points",
-        f"{'backbone':10s}{'weights':22s}{'linear-SVM acc':>16s}{'class mean':>12s}{'C':>8s}{'dim':>7s}{'embed s':>9s}",
+        f"{first['test_size']} test objects, {first['num_points']} points; linear SVM on frozen features",
+        f"{'weights':26s}{'backbone':20s}{'accuracy':>10s}{'gain':>8s}{'class mean':>12s}{'C':>8s}{'dim':>6s}{'train s':>9s}",
     ]
-    for r in reports:
-        embed = sum(s["extract_seconds"] for s in r["per_seed"])
-        lines.append(f"{r['backbone']:10s}{'random init (BN cal.)':22s}{100 * r['accuracy']:15.1f}%"
-                     f"{100 * r['class_mean_accuracy']:11.1f}%{r['C']:8g}{r['feature_dim']:7d}{embed:9.1f}")
-    lines.append(f"total {seconds:.0f} s; reports in {Path(reports[0]['config']['cache_dir']).parent}/")
+    for name, report, summary in rows:
+        gain = "" if summary is None else f"{100 * (report['accuracy'] - floor):+.1f}"
+        trained = "" if summary is None else f"{summary['seconds']:.0f}"
+        lines.append(f"{name:26s}{report['backbone']:20s}{100 * report['accuracy']:9.1f}%{gain:>8s}"
+                     f"{100 * report['class_mean_accuracy']:11.1f}%{report['C']:8g}{report['feature_dim']:6d}{trained:>9s}")
+    lines.append(f"total {seconds:.0f} s; runs and reports in {out}/")
     return "\n".join(lines)
 
 
@@ -211,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate frozen features with a standard protocol")
     esub = evaluate.add_subparsers(dest="protocol", required=True)
     _add_linear_svm(esub)
+    add_pretrain(sub)
     _add_data(sub)
     add_prepare(sub)
     add_verify(sub)
@@ -226,7 +253,12 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and getattr(args, "overrides", None) is not None and all("=" in u and not u.startswith("-") for u in unknown):
+        args.overrides = [*args.overrides, *unknown]  # key=value after an option (e.g. after --resume)
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     from pretext3d.data.errors import DataFormatError
     from pretext3d.engine.checkpoint import CheckpointError
 

@@ -26,7 +26,15 @@ from pretext3d.data.errors import DataFormatError
 from pretext3d.data.store import decode_images, read_index, read_object, read_store_settings
 from pretext3d.render.shading import LUMA
 
-__all__ = ["ImageAugment", "MultimodalDataset", "PointAugment", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "AugmentedClouds",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageAugment",
+    "MultimodalDataset",
+    "PointAugment",
+    "augment_cloud",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,6 +86,27 @@ def random_point_affine(rng: np.random.Generator, augment: PointAugment, up: str
     return affine
 
 
+def augment_cloud(points: np.ndarray, normals: np.ndarray | None, affine: np.ndarray, rng: np.random.Generator,
+                  augment: PointAugment | None) -> dict[str, torch.Tensor]:
+    """points, normals: (N, 3) -> {"points", "normals"?}: (N, 3) float32 after the affine map
+    (normals by its inverse transpose), jitter and dropout (dropped points repeat the first)."""
+    points = points.astype(np.float64) @ affine[:3, :3].T + affine[:3, 3]
+    if normals is not None:
+        normals = normals.astype(np.float64) @ np.linalg.inv(affine[:3, :3])
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    if augment and augment.jitter_sigma > 0:
+        points += np.clip(augment.jitter_sigma * rng.standard_normal(points.shape), -augment.jitter_clip, augment.jitter_clip)
+    if augment and augment.dropout_max > 0:
+        drop = rng.random(len(points)) <= rng.uniform(0, augment.dropout_max)
+        points[drop] = points[0]
+        if normals is not None:
+            normals[drop] = normals[0]
+    out = {"points": torch.from_numpy(points.astype(np.float32))}
+    if normals is not None:
+        out["normals"] = torch.from_numpy(normals.astype(np.float32))
+    return out
+
+
 def random_crop_box(rng: np.random.Generator, height: int, width: int, augment: ImageAugment) -> tuple[float, float, float, float]:
     """(x0, y0, w, h) of a random resized crop (in pixels; the whole image after 10 misses)."""
     area = height * width
@@ -122,7 +151,9 @@ class MultimodalDataset(Dataset):
     normalised unless ``normalize=False``), masks (k, S, S) bool, view/proj (k, 4, 4) float32,
     view_index (k,) int64; for meshes mesh_centers (3, F), mesh_corners (9, F), mesh_normals
     (3, F) float32 and mesh_neighbors (F, 3) int64 (MeshNet's inputs, batch first after
-    collation); label, index.
+    collation); label, index. With ``point_views`` V > 1 also point_views (V, N, 3): V
+    independent augmentations of the cloud, the first being ``points`` (the one the image
+    matrices follow), for methods that contrast point views (CrossPoint).
 
     split: "train", "test" or None (all); num_points: the first N stored points (stored in
     farthest-point order, so any prefix is well spread; default all); views_per_sample: k
@@ -143,8 +174,12 @@ class MultimodalDataset(Dataset):
         normalize: bool = True,
         modalities: tuple[str, ...] = ("points", "images", "mesh"),
         seed: int = 0,
+        point_views: int = 1,
     ):
         self.root = Path(root)
+        if point_views < 1:
+            raise ValueError(f"point_views must be at least 1, got {point_views}")
+        self.point_views = point_views
         self.settings, _ = read_store_settings(self.root)
         index = read_index(self.root)
         self.entries = [e for e in index["objects"] if split is None or e["split"] == split]
@@ -184,7 +219,12 @@ class MultimodalDataset(Dataset):
         affine = np.eye(4)
         if "points" in self.modalities:
             affine = random_point_affine(rng, self.point_augment, self.settings.up) if self.point_augment else affine
-            item.update(self._points(arrays, affine, rng))
+            points, normals = arrays["points"][: self.num_points], arrays["normals"][: self.num_points]
+            item.update(augment_cloud(points, normals, affine, rng, self.point_augment))
+            if self.point_views > 1:
+                more = [augment_cloud(points, None, random_point_affine(rng, self.point_augment, self.settings.up),
+                                      rng, self.point_augment)["points"] for _ in range(self.point_views - 1)]
+                item["point_views"] = torch.stack([item["points"], *more])
         if "images" in self.modalities:
             item.update(self._images(arrays, affine, rng))
         if "mesh" in self.modalities and "mesh_features" in arrays:
@@ -192,20 +232,6 @@ class MultimodalDataset(Dataset):
             item.update(mesh_centers=features[0:3], mesh_corners=features[3:12], mesh_normals=features[12:15],
                         mesh_neighbors=torch.from_numpy(arrays["mesh_neighbours"].astype(np.int64)))
         return item
-
-    def _points(self, arrays: dict, affine: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        points = arrays["points"][: self.num_points].astype(np.float64)
-        normals = arrays["normals"][: self.num_points].astype(np.float64)
-        points = points @ affine[:3, :3].T + affine[:3, 3]
-        normals = normals @ np.linalg.inv(affine[:3, :3])  # normals transform by the inverse transpose
-        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-        augment = self.point_augment
-        if augment and augment.jitter_sigma > 0:
-            points += np.clip(augment.jitter_sigma * rng.standard_normal(points.shape), -augment.jitter_clip, augment.jitter_clip)
-        if augment and augment.dropout_max > 0:
-            drop = rng.random(len(points)) <= rng.uniform(0, augment.dropout_max)
-            points[drop], normals[drop] = points[0], normals[0]
-        return {"points": torch.from_numpy(points.astype(np.float32)), "normals": torch.from_numpy(normals.astype(np.float32))}
 
     def _images(self, arrays: dict, affine: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         from PIL import Image
@@ -247,3 +273,41 @@ class MultimodalDataset(Dataset):
             "proj": torch.from_numpy(np.stack(projections).astype(np.float32)),
             "view_index": torch.from_numpy(chosen.astype(np.int64)),
         }
+
+
+class AugmentedClouds(Dataset):
+    """Point-only pretraining data from any dataset ``open_splits`` reads (npz, HDF5, folders,
+    the built-in shapes): items {"points" (N, 3), "normals"? , "label", "index"} after
+    ``augment``, plus "point_views" (V, N, 3) when ``point_views`` > 1. Draws come from
+    ``default_rng([seed, epoch, index])`` as in MultimodalDataset. up: the axis rotations turn
+    about (the dataset's own when it knows it, else z)."""
+
+    def __init__(self, clouds: Dataset, augment: PointAugment | None = PointAugment(), point_views: int = 1,
+                 seed: int = 0, up: str | None = None):
+        if point_views < 1:
+            raise ValueError(f"point_views must be at least 1, got {point_views}")
+        self.clouds, self.augment, self.point_views, self.seed = clouds, augment, point_views, seed
+        self.up = up or getattr(clouds, "up_axis", None) or "z"
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.clouds)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
+        item = self.clouds[i]
+        if "error" in item:
+            raise DataFormatError(getattr(self.clouds, "source", "dataset"), item["error"])
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        points = np.asarray(item["points"])
+        normals = np.asarray(item["normals"]) if "normals" in item else None
+        views = []
+        for v in range(self.point_views):
+            affine = random_point_affine(rng, self.augment, self.up) if self.augment else np.eye(4)
+            views.append(augment_cloud(points, normals if v == 0 else None, affine, rng, self.augment))
+        out: dict[str, torch.Tensor | int] = {**views[0], "label": int(item["label"]), "index": i}
+        if self.point_views > 1:
+            out["point_views"] = torch.stack([v["points"] for v in views])
+        return out

@@ -11,7 +11,8 @@ A method is an ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar,
   batch, so a run's data does not depend on the number of processes;
 * gradient clipping, AMP (CUDA only), DDP (gloo on CPU, NCCL on GPU) with BatchNorm
   statistics over the global batch (``sync_bn.py`` on CPU, SyncBatchNorm on GPU);
-* a line per ``log_every`` steps with the loss parts, rate and ETA, and ``metrics.jsonl``;
+* a line per ``log_every`` steps with the loss parts, rate and ETA, ``metrics.jsonl`` and,
+  optionally, TensorBoard event files;
 * checkpoints ``checkpoints/step-XXXXXXX/`` (weights in safetensors, optimiser state read
   back with ``weights_only=True``, RNG states, step) written to a temporary folder and renamed,
   the last two kept; ``resume=True`` continues from the newest complete one, and on the CPU the
@@ -80,6 +81,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     device: str = "auto"
+    tensorboard: bool = False  # also log the metrics to out/tensorboard (needs the tensorboard package)
 
 
 def learning_rate(step: int, optim: OptimConfig, schedule: ScheduleConfig, total_steps: int) -> float:
@@ -283,6 +285,7 @@ class Trainer:
         parts: dict[str, float] = {}
         step = start
         metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
+        self._board = self._tensorboard() if self.rank == 0 and config.tensorboard else None
         try:
             for step, batch in enumerate(loader, start=start):
                 lr = learning_rate(step, config.optimizer, config.schedule, config.steps)
@@ -312,6 +315,8 @@ class Trainer:
         finally:
             if metrics:
                 metrics.close()
+            if self._board:
+                self._board.close()
         if start < config.steps:
             self._save(config.steps, method, optimizer, scaler)
         summary = {"steps": config.steps, "resumed_from": start, "final": parts or last_log or {},
@@ -336,7 +341,17 @@ class Trainer:
             self.log(f"step {done}/{self.config.steps} {shown} lr {lr:.2e} | {rate:.2f} steps/s, ETA {eta:.0f}s")
             metrics.write(json.dumps({"step": done, **parts, "lr": lr, "seconds": elapsed}) + "\n")
             metrics.flush()
+            if self._board:
+                for name, value in {**parts, "lr": lr}.items():
+                    self._board.add_scalar(f"train/{name}", value, done)
         return parts
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+        return SummaryWriter(str(self.out / "tensorboard"))
 
     def _trim_metrics(self, start: int) -> None:
         """Drop metric lines after the checkpoint a resumed run restarts from."""

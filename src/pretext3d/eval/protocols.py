@@ -6,7 +6,7 @@ import statistics
 import time
 from pathlib import Path
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from pretext3d.eval.linear_svm import DEFAULT_C_GRID, fit_linear_svm
 from pretext3d.models import build_backbone
 from pretext3d.utils.device import resolve_device
 
-__all__ = ["LinearSVMConfig", "run_linear_svm", "backbone_config", "BN_CALIBRATION_NOTE"]
+__all__ = ["LinearSVMConfig", "run_linear_svm", "backbone_config", "resolve_checkpoint", "BN_CALIBRATION_NOTE"]
 
 BN_CALIBRATION_NOTE = (
     "random init: BatchNorm running statistics reset and set to the cumulative average of the "
@@ -32,8 +32,8 @@ BN_CALIBRATION_NOTE = (
 @dataclass
 class LinearSVMConfig:
     data: str
-    backbone: str = "dgcnn"
-    checkpoint: str | None = None
+    backbone: str | None = "dgcnn"  # with a checkpoint: None = whatever it holds
+    checkpoint: str | None = None  # a backbone file, or a `pretext3d pretrain` run folder
     random_init: bool = False
     num_points: int = 1024
     subsample: str = "first"
@@ -80,6 +80,10 @@ def run_linear_svm(cfg: LinearSVMConfig, log=print) -> dict[str, Any]:
     """Run the linear-SVM protocol for every seed and return the report (see README)."""
     if cfg.random_init == bool(cfg.checkpoint):
         raise ValueError("give exactly one of random_init=True or a checkpoint")
+    if cfg.checkpoint:
+        cfg = replace(cfg, checkpoint=str(resolve_checkpoint(cfg.checkpoint)))
+    elif cfg.backbone is None:
+        raise ValueError("random init needs a backbone name")
     fmt = detect_format(cfg.data)
     device = resolve_device(cfg.device)
     cache = FeatureCache(cfg.cache_dir) if cfg.use_cache else None
@@ -123,6 +127,16 @@ def run_linear_svm(cfg: LinearSVMConfig, log=print) -> dict[str, Any]:
     return _report(cfg, fmt, splits, per_seed, info, str(device))
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the backbone.safetensors a `pretext3d pretrain` run folder holds."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "backbone.safetensors").is_file():
+            raise CheckpointError(f"{path}: a folder without backbone.safetensors (not a finished pretraining run)")
+        return path / "backbone.safetensors"
+    return path
+
+
 def _takes_normals(model: torch.nn.Module) -> bool:
     """Whether a backbone (or a backbone with a head) was built for xyz + normals input."""
     return getattr(getattr(model, "backbone", model), "in_channels", 3) == 6
@@ -131,7 +145,7 @@ def _takes_normals(model: torch.nn.Module) -> bool:
 def _build_model(cfg: LinearSVMConfig, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     if cfg.checkpoint:
         loaded = load_backbone(cfg.checkpoint, expected=cfg.backbone, k=cfg.k)
-        return loaded.model, {"source": loaded.source, "config": loaded.config}
+        return loaded.model, {"source": loaded.source, "config": loaded.config, "backbone": loaded.backbone}
     torch.manual_seed(seed)
     config = backbone_config(cfg.backbone, cfg.k, cfg.emb_dims)
     return build_backbone(cfg.backbone, **config), {"source": "random-init", "config": config}
@@ -159,7 +173,7 @@ def _report(cfg: LinearSVMConfig, fmt: str, splits, per_seed: list[dict], info, 
         "dataset_format": fmt,
         "subset": cfg.subset,
         "num_classes": len(splits["train"].classes),
-        "backbone": cfg.backbone,
+        "backbone": (info or {}).get("backbone", cfg.backbone),
         "backbone_config": (info or {}).get("config"),
         "weights": cfg.checkpoint or "random-init",
         "weights_source": (info or {}).get("source"),

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from pretext3d.geometry.neighbors import _CHUNK_BYTES, _gather_rows, gather_max, gather_sum, neighbour_counts
 from pretext3d.models.layers import LEAKY_SLOPE, activation, bn_eval_affine, bn_update_factor
+from pretext3d.utils.device import all_reduce_with_grad, rank_and_world
 
 __all__ = ["EdgeConv", "EdgeImpl", "edge_batch_stats"]
 
@@ -51,17 +52,21 @@ def edge_batch_stats(y: Tensor, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]
     """
     if y.dtype in (torch.float16, torch.bfloat16):
         y, z = y.float(), z.float()
-    n_batch, n_points, _ = y.shape
+    n_batch, n_points, channels = y.shape
     k = idx.shape[-1]
-    n_edges = n_batch * n_points * k
     counts = neighbour_counts(idx, n_points).to(y.dtype).unsqueeze(-1)  # (B, N, 1)
-    y_bar = (counts * y).sum(dim=(0, 1)) / n_edges
-    z_bar = z.mean(dim=(0, 1))
+    # under torchrun the sums run over every process's batch (no-ops in one process): first the
+    # means, then the centred second moments, as BatchNorm over the global batch would
+    size = y.new_tensor([n_batch * n_points])
+    firsts = all_reduce_with_grad(torch.cat([(counts * y).sum(dim=(0, 1)), z.sum(dim=(0, 1)), size]))
+    n_points_all = firsts[-1]
+    n_edges = n_points_all * k
+    y_bar, z_bar = firsts[:channels] / n_edges, firsts[channels:2 * channels] / n_points_all
     y0, z0 = y - y_bar, z - z_bar
     neighbour_sum = gather_sum(y0, idx)  # (B, N, C)
-    var = ((counts * y0 * y0).sum(dim=(0, 1)) + 2 * (z0 * neighbour_sum).sum(dim=(0, 1))
-           + k * (z0 * z0).sum(dim=(0, 1))) / n_edges
-    return y_bar + z_bar, var.clamp_min(0)
+    second = all_reduce_with_grad((counts * y0 * y0).sum(dim=(0, 1)) + 2 * (z0 * neighbour_sum).sum(dim=(0, 1))
+                                  + k * (z0 * z0).sum(dim=(0, 1)))
+    return y_bar + z_bar, (second / n_edges).clamp_min(0)
 
 
 class EdgeConv(nn.Module):
@@ -124,7 +129,7 @@ class EdgeConv(nn.Module):
         bn = self.bns[0]
         y, z = self._split_first_layer(x)
         mean, var = edge_batch_stats(y, z, idx)
-        n_edges = idx.numel()
+        n_edges = idx.numel() * rank_and_world()[1]  # every process's edges (same batch size each)
         factor = bn_update_factor(bn)
         with torch.no_grad():
             unbiased = var * (n_edges / max(n_edges - 1, 1))
@@ -160,10 +165,7 @@ class EdgeConv(nn.Module):
         if not bn.training:
             scale, shift = bn_eval_affine(bn)
             return h * scale + shift
-        factor = bn_update_factor(bn)
-        flat = F.batch_norm(h.reshape(-1, h.shape[-1]), bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                            training=True, momentum=factor, eps=bn.eps)
-        return flat.view_as(h)
+        return bn(h.reshape(-1, h.shape[-1])).view_as(h)  # the module: global statistics under DDP
 
     def _forward_plain(self, x: Tensor, idx: Tensor) -> Tensor:
         """The paper's form: edge tensor (B, 2C, N, k) -> Conv2d -> BN2d -> LeakyReLU -> max."""
@@ -172,8 +174,6 @@ class EdgeConv(nn.Module):
         h = torch.cat([neighbours - centres, centres], dim=3).permute(0, 3, 1, 2).contiguous()
         for layer, bn in zip(self.layers, self.bns):
             h = F.conv2d(h, layer.weight[:, :, None, None])
-            factor = bn_update_factor(bn) if bn.training else 0.0
-            h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                             training=bn.training, momentum=factor, eps=bn.eps)
+            h = bn(h.flatten(2)).view_as(h)  # BatchNorm2d's statistics; global under DDP
             h = F.leaky_relu(h, LEAKY_SLOPE)
         return h.max(dim=-1).values.transpose(1, 2)

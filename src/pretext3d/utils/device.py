@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -14,6 +16,7 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "rank_and_world",
+    "rank_zero_first",
     "resolve_device",
 ]
 
@@ -46,6 +49,20 @@ def init_distributed() -> None:
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
+
+
+@contextmanager
+def rank_zero_first() -> Iterator[None]:
+    """Run the block on rank 0 first and on the other processes after it (e.g. rank 0 writes a
+    file the others then read); a plain block outside a distributed run."""
+    if not is_distributed():
+        yield
+        return
+    if dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if dist.get_rank() == 0:
+        dist.barrier()
 
 
 def finish_distributed() -> None:

@@ -1,0 +1,261 @@
+"""Pretraining recipes: a YAML file, ``key=value`` overrides, and what they build.
+
+A recipe names a method and its settings, the data and the trainer's settings::
+
+    method: crosspoint            # crosspoint | parae
+    model: {backbone: dgcnn, backbone_config: {k: 15}, image_encoder: resnet50}
+    data: /path/to/store          # absent or null: the built-in shapes
+    data_options: {points: 2048, image_size: 224, ...}
+    epochs: 100                   # or steps: N (steps wins when both are set)
+    batch_size: 20
+    seed: 0
+    optimizer: {name: adam, lr: 0.001, weight_decay: 1.0e-6}
+    schedule: {name: cosine}
+
+Overrides use dotted keys and YAML values: ``steps=200 optimizer.lr=3e-4 model.backbone=pointnet``.
+A key the recipe format does not know is an error that names it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from torch import nn
+from torch.utils.data import Dataset
+
+from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig
+
+__all__ = ["RecipeError", "load_recipe", "shipped_recipes", "RECIPES_DIR", "apply_overrides", "build_method", "build_dataset", "train_config",
+           "METHODS", "DEFAULT_DATA_OPTIONS"]
+
+METHODS = ("crosspoint", "parae")
+
+# how pretraining data are read and augmented (MultimodalDataset / AugmentedClouds)
+DEFAULT_DATA_OPTIONS: dict[str, Any] = {
+    "points": 1024,          # points per cloud (the first N of a store, as read otherwise)
+    "image_size": None,      # images are resized to this (default: as stored)
+    "augment": {},           # PointAugment fields, e.g. {rotate: false, scale: [0.8, 1.25]}
+    "image_augment": {},     # ImageAugment fields
+    "builtin": {"train": 40, "test": 10, "seed": 0},  # the built-in shapes when data is absent
+    # store made from the built-in shapes for image methods (pretext3d prepare settings)
+    "builtin_store": {"views": 8, "image_size": 96, "faces": 512},
+}
+
+TOP_LEVEL: dict[str, Any] = {
+    "method": None, "model": {}, "data": None, "data_options": DEFAULT_DATA_OPTIONS,
+    "steps": None, "epochs": None, "batch_size": 16, "seed": 0,
+    "optimizer": dataclasses.asdict(OptimConfig()), "schedule": dataclasses.asdict(ScheduleConfig()),
+    "grad_clip": None, "amp": True, "num_workers": 0, "log_every": 10, "checkpoint_every": 500,
+    "keep_checkpoints": 2, "device": "auto", "tensorboard": False,
+}
+# sections whose inner keys are checked against these defaults (model's keys are the method's)
+CHECKED_SECTIONS = ("data_options", "optimizer", "schedule")
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-4`` as a string (its floats need a dot); recipes take it as a float."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+               r"|^[-+]?(?:[0-9][0-9_]*)\.[0-9_]*$|^[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: builds plain data only
+
+
+class RecipeError(ValueError):
+    """A recipe or an override is not valid; the message names the file or the key."""
+
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # the shipped recipes (configs/ in the repository)
+
+
+def shipped_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a recipe file (or a shipped recipe by name, e.g. ``parae_cpu``) and complete it
+    with the defaults (not the method's: those stay in the method's signature)."""
+    path = Path(path)
+    if not path.is_file() and (RECIPES_DIR / f"{path}.yaml").is_file():
+        path = RECIPES_DIR / f"{path}.yaml"
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe not found (shipped recipes: {', '.join(shipped_recipes())})")
+    try:
+        raw = _parse_yaml(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of keys to values, got {type(raw).__name__}")
+    try:
+        return complete(raw)
+    except RecipeError as err:
+        raise RecipeError(f"{path}: {err}") from None
+
+
+def complete(raw: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with every default filled in; unknown keys are errors."""
+    recipe = copy.deepcopy(TOP_LEVEL)
+    for key, value in raw.items():
+        _set(recipe, key.split("."), value, key)
+    _validate(recipe)
+    return recipe
+
+
+def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` strings (dotted keys, YAML values) applied to a copy of ``recipe``."""
+    recipe = copy.deepcopy(recipe)
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"override {text!r} is not key=value")
+        try:
+            parsed = _parse_yaml(value) if value else None
+        except yaml.YAMLError:
+            parsed = value
+        _set(recipe, key.strip().split("."), parsed, key)
+    _validate(recipe)
+    return recipe
+
+
+def _set(recipe: dict[str, Any], parts: list[str], value: Any, key: str) -> None:
+    if parts[0] not in TOP_LEVEL:
+        raise RecipeError(f"unknown recipe key {key!r}; known: {', '.join(TOP_LEVEL)}")
+    if len(parts) == 1:
+        if isinstance(TOP_LEVEL[parts[0]], dict) and isinstance(value, dict):
+            for inner, v in value.items():
+                _set(recipe, [parts[0], *str(inner).split(".")], v, f"{key}.{inner}")
+        else:
+            recipe[parts[0]] = value
+        return
+    node = recipe[parts[0]]
+    if not isinstance(node, dict):
+        raise RecipeError(f"recipe key {parts[0]!r} is not a section, so {key!r} means nothing")
+    defaults = TOP_LEVEL[parts[0]]
+    for depth, part in enumerate(parts[1:-1], start=1):
+        if parts[0] in CHECKED_SECTIONS and depth == 1 and part not in defaults:
+            raise RecipeError(f"unknown recipe key {key!r}; known in {parts[0]}: {', '.join(defaults)}")
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"{'.'.join(parts[:depth + 1])} is not a section, so {key!r} means nothing")
+    last = parts[-1]
+    if parts[0] in CHECKED_SECTIONS and len(parts) == 2 and last not in defaults:
+        raise RecipeError(f"unknown recipe key {key!r}; known in {parts[0]}: {', '.join(defaults)}")
+    # a mapping given for a mapping updates it (data_options.builtin_store: {views: 4} keeps the rest)
+    node[last] = {**node[last], **value} if isinstance(node.get(last), dict) and isinstance(value, dict) else value
+
+
+def _validate(recipe: dict[str, Any]) -> None:
+    if recipe["method"] not in METHODS:
+        raise RecipeError(f"method must be one of {', '.join(METHODS)}, got {recipe['method']!r}")
+    for key in ("batch_size",):
+        if not isinstance(recipe[key], int) or recipe[key] < 1:
+            raise RecipeError(f"{key} must be a positive integer, got {recipe[key]!r}")
+    if recipe["steps"] is None and recipe["epochs"] is None:
+        raise RecipeError("give steps or epochs")
+    if recipe["steps"] is not None and (not isinstance(recipe["steps"], int) or recipe["steps"] < 0):
+        raise RecipeError(f"steps must be a non-negative integer, got {recipe['steps']!r}")
+    if recipe["epochs"] is not None and (not isinstance(recipe["epochs"], (int, float)) or recipe["epochs"] <= 0):
+        raise RecipeError(f"epochs must be a positive number, got {recipe['epochs']!r}")
+    if not isinstance(recipe["seed"], int):
+        raise RecipeError(f"seed must be an integer, got {recipe['seed']!r}")
+
+
+def train_config(recipe: dict[str, Any], dataset_size: int) -> TrainConfig:
+    """The trainer's settings; ``epochs`` become steps of full global batches."""
+    steps = recipe["steps"]
+    if steps is None:
+        per_epoch = dataset_size // recipe["batch_size"]
+        if per_epoch == 0:
+            raise RecipeError(f"the dataset has {dataset_size} samples, fewer than one batch of {recipe['batch_size']}")
+        steps = max(1, round(recipe["epochs"] * per_epoch))
+    try:
+        optimizer = OptimConfig(**{**recipe["optimizer"], "betas": tuple(recipe["optimizer"]["betas"])})
+        schedule = ScheduleConfig(**recipe["schedule"])
+    except TypeError as err:
+        raise RecipeError(f"optimizer/schedule: {err}") from None
+    return TrainConfig(
+        steps=steps, batch_size=recipe["batch_size"], seed=recipe["seed"], optimizer=optimizer, schedule=schedule,
+        grad_clip=recipe["grad_clip"], amp=bool(recipe["amp"]), num_workers=recipe["num_workers"],
+        log_every=recipe["log_every"], checkpoint_every=recipe["checkpoint_every"],
+        keep_checkpoints=recipe["keep_checkpoints"], device=recipe["device"], tensorboard=bool(recipe["tensorboard"]),
+    )
+
+
+def build_method(recipe: dict[str, Any]) -> nn.Module:
+    """The method module with ``recipe["model"]`` as keyword arguments."""
+    from pretext3d.pretext.crosspoint import CrossPoint
+    from pretext3d.pretext.parae import ParAE
+
+    cls = {"crosspoint": CrossPoint, "parae": ParAE}[recipe["method"]]
+    try:
+        return cls(**recipe["model"])
+    except TypeError as err:  # an unknown or missing keyword
+        raise RecipeError(f"model: {err}") from None
+
+
+def needs_images(recipe: dict[str, Any]) -> bool:
+    return recipe["method"] == "crosspoint"
+
+
+def point_views(recipe: dict[str, Any]) -> int:
+    return 2 if recipe["method"] == "crosspoint" else 1
+
+
+def build_dataset(recipe: dict[str, Any], work_dir: Path, log=print) -> Dataset:
+    """The training split as the method needs it.
+
+    A prepared store (a folder with store.json) gives points and images (MultimodalDataset);
+    any other dataset ``open_splits`` reads gives points only (AugmentedClouds). Without
+    ``data``, the built-in shapes: read directly, or, for methods with images, prepared once
+    into ``work_dir/builtin-store`` with ``data_options.builtin_store`` settings.
+    """
+    from pretext3d.data.multimodal import AugmentedClouds, ImageAugment, MultimodalDataset, PointAugment
+
+    options = recipe["data_options"]
+    try:
+        augment = PointAugment(**{k: tuple(v) if isinstance(v, list) else v for k, v in options["augment"].items()})
+        image_augment = ImageAugment(**{k: tuple(v) if isinstance(v, list) else v
+                                        for k, v in options["image_augment"].items()})
+    except TypeError as err:
+        raise RecipeError(f"data_options: {err}") from None
+    data = recipe["data"]
+    if data is None and needs_images(recipe):
+        data = str(_builtin_store(options, work_dir / "builtin-store", log))
+    if data is not None and (Path(data) / "store.json").is_file():
+        return MultimodalDataset(
+            data, split="train", num_points=options["points"], image_size=options["image_size"],
+            point_augment=augment, image_augment=image_augment,
+            modalities=("points", "images") if needs_images(recipe) else ("points",),
+            seed=recipe["seed"], point_views=point_views(recipe))
+    if needs_images(recipe):
+        raise RecipeError(f"{data}: {recipe['method']} needs images: give a store made by `pretext3d prepare`")
+    from pretext3d.data import open_splits
+
+    spec = data or "builtin:" + ",".join(f"{k}={v}" for k, v in options["builtin"].items())
+    clouds = open_splits(spec, options["points"], seed=recipe["seed"])["train"]
+    return AugmentedClouds(clouds, augment, point_views(recipe), recipe["seed"])
+
+
+def _builtin_store(options: dict[str, Any], root: Path, log) -> Path:
+    from pretext3d.data.prepare import prepare
+    from pretext3d.data.store import StoreSettings
+
+    spec = "builtin:" + ",".join(f"{k}={v}" for k, v in options["builtin"].items())
+    settings = StoreSettings(points=options["points"], **options["builtin_store"])
+    log(f"preparing the built-in shapes ({spec}) with images into {root}")
+    summary = prepare(spec, root, settings, workers=1, progress=False)
+    if summary.failed:
+        raise RecipeError(f"{root}: {len(summary.failed)} built-in objects failed to prepare")
+    return root

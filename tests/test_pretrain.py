@@ -1,0 +1,246 @@
+"""Recipes, `pretext3d pretrain` end to end (ParAE and CrossPoint on the built-in shapes), the
+evaluation of a run folder, kill -9 + --resume bit-identical to an uninterrupted run, and the
+pieces the recipes use (augmented point views, ParAE's decoder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pretext3d.cli import main
+from pretext3d.config import RecipeError, apply_overrides, build_method, complete, load_recipe, train_config
+from pretext3d.data.multimodal import AugmentedClouds, MultimodalDataset, PointAugment
+from pretext3d.models import PointNetPointwise
+from tests_helpers import project_to_pixels, tiny_clouds
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+TINY_PARAE = [
+    "model.backbone_config={encoder_widths: [16, 32], decoder_widths: [32], skip_layer: 0, pooling: max}",
+    "model.partitions=8", "data_options.points=128", "data_options.builtin={train: 4, test: 2}",
+    "batch_size=8", "amp=false",
+]
+
+
+# --- recipes ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["crosspoint_dgcnn", "crosspoint_cpu", "parae", "parae_cpu"])
+def test_every_shipped_recipe_loads_and_builds_its_method(name):
+    recipe = load_recipe(CONFIGS / f"{name}.yaml")
+    method = build_method(recipe)
+    assert method.backbone_name == recipe["model"]["backbone"]
+    assert hasattr(method.backbone, "global_dim")
+
+
+def test_paper_recipe_of_crosspoint_has_the_published_settings():
+    recipe = load_recipe(CONFIGS / "crosspoint_dgcnn.yaml")
+    assert recipe["optimizer"]["name"] == "adam" and recipe["optimizer"]["lr"] == 1e-3
+    assert recipe["optimizer"]["weight_decay"] == 1e-6 and recipe["schedule"]["name"] == "cosine"
+    assert (recipe["epochs"], recipe["batch_size"]) == (100, 20)
+    assert recipe["model"]["backbone_config"]["k"] == 15 and recipe["model"]["temperature"] == 0.1
+    assert (recipe["data_options"]["points"], recipe["data_options"]["image_size"]) == (2048, 224)
+    # 100 epochs of full batches of 20
+    assert train_config(recipe, 1010).steps == 100 * 50
+
+
+def test_overrides_use_dotted_keys_and_yaml_values():
+    recipe = load_recipe(CONFIGS / "parae_cpu.yaml")
+    changed = apply_overrides(recipe, ["steps=7", "optimizer.lr=3e-4", "model.backbone_config={skip_layer: -1}",
+                                       "data=/some/where", "seed=5", "batch_size=4"])
+    assert (changed["steps"], changed["seed"], changed["batch_size"], changed["data"]) == (7, 5, 4, "/some/where")
+    assert changed["optimizer"]["lr"] == 3e-4
+    # a mapping updates the mapping: the other backbone settings stay
+    assert changed["model"]["backbone_config"]["skip_layer"] == -1
+    assert changed["model"]["backbone_config"]["encoder_widths"] == [64, 64, 64, 128, 1024]
+    assert recipe["steps"] is None  # the original is untouched
+    config = train_config(changed, 100)
+    assert (config.steps, config.optimizer.lr, config.seed) == (7, 3e-4, 5)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stpes=3", "unknown recipe key 'stpes'"),
+    ("optimizer.learning_rate=1", "unknown recipe key 'optimizer.learning_rate'"),
+    ("batch_size=0", "batch_size must be a positive integer"),
+    ("method=simclr", "method must be one of"),
+    ("steps", "is not key=value"),
+    ("seed.x=1", "'seed' is not a section"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(RecipeError, match=message):
+        apply_overrides(load_recipe(CONFIGS / "parae_cpu.yaml"), [override])
+
+
+def test_bad_recipe_files_name_the_file(tmp_path):
+    missing = tmp_path / "none.yaml"
+    with pytest.raises(RecipeError, match="none.yaml: recipe not found"):
+        load_recipe(missing)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("method: parae\nsteps: [1,\n")
+    with pytest.raises(RecipeError, match="broken.yaml: not valid YAML"):
+        load_recipe(broken)
+    no_length = tmp_path / "no_length.yaml"
+    no_length.write_text("method: parae\n")
+    with pytest.raises(RecipeError, match="no_length.yaml: give steps or epochs"):
+        load_recipe(no_length)
+    wrong_model = complete({"method": "parae", "steps": 1, "model": {"latent": 3}})
+    with pytest.raises(RecipeError, match="model: .*latent"):
+        build_method(wrong_model)
+
+
+# --- data for pretraining --------------------------------------------------------------------
+
+def test_augmented_clouds_give_independent_views_drawn_per_seed_epoch_index():
+    clouds = tiny_clouds(6, 64)
+    data = AugmentedClouds(clouds, PointAugment(), point_views=2, seed=1)
+    a, b = data[3], data[3]
+    assert a["point_views"].shape == (2, 64, 3) and torch.equal(a["point_views"], b["point_views"])
+    assert torch.equal(a["point_views"][0], a["points"])
+    assert not torch.allclose(a["point_views"][0], a["point_views"][1], atol=1e-3)
+    data.set_epoch(1)
+    assert not torch.allclose(data[3]["points"], a["points"], atol=1e-3)
+    plain = AugmentedClouds(clouds, None)[3]
+    np.testing.assert_array_equal(plain["points"].numpy(), clouds[3]["points"])
+    assert "point_views" not in plain
+
+
+def test_store_items_carry_two_point_views_the_first_matching_the_images(tmp_path):
+    from pretext3d.data.prepare import prepare
+    from pretext3d.data.store import StoreSettings
+
+    prepare("builtin:train=1,test=0", tmp_path / "s", StoreSettings(points=256, views=2, image_size=32, faces=64),
+            progress=False)
+    item = MultimodalDataset(tmp_path / "s", point_views=2, modalities=("points", "images"))[0]
+    assert item["point_views"].shape == (2, 256, 3)
+    assert torch.equal(item["point_views"][0], item["points"])
+    assert not torch.allclose(item["point_views"][0], item["point_views"][1], atol=1e-3)
+    rows, cols, inside, _ = project_to_pixels(item["points"].numpy(), item["view"][0].numpy(), item["proj"][0].numpy(),
+                                              (32, 32))
+    on_object = inside & item["masks"][0].numpy()[rows, cols]
+    assert on_object.mean() >= 0.95  # the matrices follow the first view (jitter moves points ~0.01)
+
+
+def test_parae_decoder_split_equals_the_concatenation():
+    """W [skip; context] computed as W_s skip + W_c context gives the same partitions."""
+    torch.manual_seed(0)
+    net = PointNetPointwise(num_outputs=5, encoder_widths=(8, 16, 32), decoder_widths=(12, 6), skip_layer=0).train()
+    points = torch.randn(3, 40, 3)
+    out = net(points)
+    x, skip = points, None
+    for i, layer in enumerate(net.encoder):
+        x = layer(x)
+        skip = x if i == 0 else skip
+    joined = torch.cat([skip, x.amax(dim=1, keepdim=True).expand(-1, 40, -1)], dim=-1)
+    h = joined
+    for layer in net.decoder:
+        h = layer(h)
+    torch.testing.assert_close(out.point_logits, net.classifier(h), rtol=1e-5, atol=1e-6)
+    net.eval()
+    with torch.no_grad():
+        quick = net(points, need_local=False)
+        full = net(points)
+    assert quick.point_logits is None
+    torch.testing.assert_close(quick.global_, full.global_)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+def test_pretrain_parae_then_evaluate_the_run_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["pretrain", "--recipe", str(CONFIGS / "parae_cpu.yaml"), "--out", str(run), "steps=3",
+               "log_every=1", "tensorboard=true", *TINY_PARAE])
+    assert rc == 0
+    assert (run / "backbone.safetensors").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"]["method"] == "parae" and config["train"]["steps"] == 3
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3] and all(np.isfinite(line["nll"]) for line in lines)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    # a second run into the same folder is refused; --resume of a finished run does nothing new
+    assert main(["pretrain", "--recipe", str(CONFIGS / "parae_cpu.yaml"), "--out", str(run), "steps=3", *TINY_PARAE]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["pretrain", "--recipe", str(CONFIGS / "parae_cpu.yaml"), "--out", str(run), "steps=4", "--resume",
+                 *TINY_PARAE]) == 2
+    assert "another recipe (differs in steps)" in capsys.readouterr().err
+
+    report = tmp_path / "svm.json"
+    rc = main(["evaluate", "linear-svm", "--data", "builtin:train=4,test=2", "--checkpoint", str(run), "--points", "128",
+               "--C", "1", "--quiet", "--no-cache", "--json", str(report)])
+    assert rc == 0
+    result = json.loads(report.read_text())
+    assert result["backbone"] == "pointnet-pointwise" and result["feature_dim"] == 32
+    assert result["weights"].endswith("backbone.safetensors")
+    assert main(["evaluate", "linear-svm", "--data", "builtin", "--checkpoint", str(tmp_path), "--quiet"]) == 2
+    assert "without backbone.safetensors" in capsys.readouterr().err
+
+
+def test_pretrain_crosspoint_on_the_builtin_shapes(tmp_path):
+    run = tmp_path / "cp"
+    rc = main(["pretrain", "--recipe", str(CONFIGS / "crosspoint_cpu.yaml"), "--out", str(run), "steps=2",
+               "batch_size=8", "num_workers=0", "model.backbone_config={emb_dims: 32, widths: [16]}",
+               "model.hidden_dim=16", "model.projection_dim=8", "data_options.points=128",
+               "data_options.image_size=32", "data_options.builtin={train: 2, test: 1}",
+               "data_options.builtin_store={views: 2, image_size: 32, faces: 64}"])
+    assert rc == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 2 and lines[-1]["loss"] == pytest.approx(lines[-1]["imid"] + lines[-1]["cmid"], rel=1e-5)
+    weights = load_file(str(run / "backbone.safetensors"))
+    assert not any(k.startswith(("point_head", "image")) for k in weights)  # the point backbone alone
+
+
+def test_crosspoint_refuses_data_without_images(tmp_path, capsys):
+    npz = tmp_path / "clouds.npz"
+    from tests_helpers import write_two_class_npz
+
+    write_two_class_npz(npz)
+    rc = main(["pretrain", "--recipe", str(CONFIGS / "crosspoint_cpu.yaml"), "--out", str(tmp_path / "r"),
+               f"data={npz}", "steps=1"])
+    assert rc == 2 and "needs images" in capsys.readouterr().err
+
+
+def _pretrain_process(out: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    cmd = [sys.executable, "-m", "pretext3d.cli", "pretrain", "--recipe", str(CONFIGS / "parae_cpu.yaml"),
+           "--out", str(out), "steps=60", "checkpoint_every=8", "log_every=1", "data_options.points=256",
+           *TINY_PARAE, *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_then_resume_gives_bit_identical_weights(tmp_path):
+    straight = _pretrain_process(tmp_path / "straight")
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+
+    run = tmp_path / "killed"
+    victim = _pretrain_process(run)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and victim.poll() is None:
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if len(lines) >= 11:  # past the checkpoint at step 8, mid-way to the one at 16
+            break
+        time.sleep(0.005)
+    assert victim.poll() is None, "the run ended before it could be killed"
+    os.kill(victim.pid, signal.SIGKILL)
+    assert victim.wait(timeout=60) == -signal.SIGKILL
+    assert not (run / "backbone.safetensors").exists()
+
+    resumed = _pretrain_process(run, "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming from step" in err
+    for name in ("backbone.safetensors", "checkpoints/step-0000060/model.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(run / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}: {key} differs"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 61))
