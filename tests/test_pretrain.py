@@ -34,7 +34,7 @@ TINY_PARAE = [
 
 # --- recipes ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["crosspoint_dgcnn", "crosspoint_cpu", "parae", "parae_cpu"])
+@pytest.mark.parametrize("name", ["crosspoint_dgcnn", "crosspoint_cpu", "parae", "parae_cpu", "parae_dgcnn"])
 def test_every_shipped_recipe_loads_and_builds_its_method(name):
     recipe = load_recipe(CONFIGS / f"{name}.yaml")
     method = build_method(recipe)
@@ -95,6 +95,23 @@ def test_bad_recipe_files_name_the_file(tmp_path):
     wrong_model = complete({"method": "parae", "steps": 1, "model": {"latent": 3}})
     with pytest.raises(RecipeError, match="model: .*latent"):
         build_method(wrong_model)
+
+
+def test_crosspoint_starts_its_image_encoder_from_torchvision_weights_on_disk(tmp_path):
+    from safetensors.torch import save_file
+
+    from pretext3d.models import resnet18
+    from pretext3d.pretext.crosspoint import CrossPoint
+
+    torch.manual_seed(3)
+    source = resnet18(num_classes=1000)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "r18.safetensors"))
+    method = CrossPoint("pointnet", {"emb_dims": 32}, "resnet18", image_weights=str(tmp_path / "r18.safetensors"))
+    for key, value in method.image_encoder.state_dict().items():
+        assert torch.equal(value, source.state_dict()[key]), key
+    (tmp_path / "bad.pth").write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="bad.pth: not usable torchvision ResNet weights"):
+        CrossPoint("pointnet", {"emb_dims": 32}, "resnet18", image_weights=str(tmp_path / "bad.pth"))
 
 
 # --- data for pretraining --------------------------------------------------------------------
@@ -181,6 +198,20 @@ def test_pretrain_parae_then_evaluate_the_run_folder(tmp_path, capsys):
     assert result["weights"].endswith("backbone.safetensors")
     assert main(["evaluate", "linear-svm", "--data", "builtin", "--checkpoint", str(tmp_path), "--quiet"]) == 2
     assert "without backbone.safetensors" in capsys.readouterr().err
+
+
+def test_parae_with_the_dgcnn_pointwise_network(tmp_path):
+    run = tmp_path / "dg"
+    rc = main(["pretrain", "--recipe", "parae_dgcnn", "--out", str(run), "steps=2", "batch_size=4", "num_workers=0",
+               "model.backbone_config={k: 8, emb_dims: 32}", "model.partitions=8", "data_options.points=128",
+               "data_options.builtin={train: 2, test: 1}"])
+    assert rc == 0
+    assert all(np.isfinite(json.loads(line)["nll"]) for line in (run / "metrics.jsonl").read_text().splitlines())
+    report = tmp_path / "svm.json"
+    assert main(["evaluate", "linear-svm", "--data", "builtin:train=2,test=1", "--checkpoint", str(run), "--points",
+                 "128", "--C", "1", "--quiet", "--no-cache", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["backbone"] == "dgcnn-seg" and result["feature_dim"] == 32
 
 
 def test_pretrain_crosspoint_on_the_builtin_shapes(tmp_path):

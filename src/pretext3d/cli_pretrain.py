@@ -26,7 +26,7 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
         "Several processes: torchrun --nproc_per_node=N -m pretext3d.cli pretrain ...",
     )
     p.add_argument("--recipe", required=True, help="recipe YAML (configs/*.yaml), or a shipped recipe's name "
-                   "(crosspoint_dgcnn, crosspoint_cpu, parae, parae_cpu)")
+                   "(crosspoint_dgcnn, crosspoint_cpu, parae, parae_dgcnn, parae_cpu)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")

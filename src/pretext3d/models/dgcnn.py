@@ -162,7 +162,7 @@ class DGCNNSeg(nn.Module):
         return self.emb_dims
 
     def forward(self, points: Tensor, categories: Tensor | None = None, need_local: bool = True) -> PointFeatures:
-        """need_local is accepted for a uniform interface; the point-wise outputs need local."""
+        """need_local=False: the global feature only (no per-point head; point_logits is None)."""
         join_point_features(points, None)  # shape check
         x = points
         if self.transform_net is not None:
@@ -174,6 +174,8 @@ class DGCNNSeg(nn.Module):
             stages.append(x)
         local = torch.cat(stages, dim=-1)
         global_ = self.global_mlp(local).amax(dim=1)
+        if not need_local:
+            return PointFeatures(global_=global_, local=None, centres=points)
         per_cloud = [global_]
         if self.category_mlp is not None:
             if categories is None or categories.shape != (points.shape[0], self.num_categories):

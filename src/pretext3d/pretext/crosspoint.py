@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d.losses import nt_xent
-from pretext3d.models import ProjectionHead, build_backbone, resnet18, resnet50
+from pretext3d.models import ProjectionHead, build_backbone, load_torchvision_weights, read_state_dict, resnet18, resnet50
 
 __all__ = ["CrossPoint", "IMAGE_ENCODERS"]
 
@@ -34,12 +34,14 @@ class CrossPoint(nn.Module):
     used; grey images are repeated to 3 channels) -> {"loss", "imid", "cmid"}.
 
     backbone / backbone_config: the point network (registry name and kwargs); image_encoder:
-    resnet18 | resnet50; gather_distributed: under torchrun, negatives span the global batch.
+    resnet18 | resnet50; image_weights: optional torchvision ResNet weights on disk (.pth/.pt read
+    with weights_only=True, or .safetensors) to start the image encoder from (its fc is dropped);
+    gather_distributed: under torchrun, negatives span the global batch.
     """
 
     def __init__(self, backbone: str = "dgcnn", backbone_config: dict[str, Any] | None = None,
                  image_encoder: str = "resnet50", projection_dim: int = 256, hidden_dim: int = 512,
-                 temperature: float = 0.1, gather_distributed: bool = True):
+                 temperature: float = 0.1, gather_distributed: bool = True, image_weights: str | None = None):
         super().__init__()
         if image_encoder not in IMAGE_ENCODERS:
             raise ValueError(f"unknown image_encoder {image_encoder!r}; known: {', '.join(IMAGE_ENCODERS)}")
@@ -48,6 +50,8 @@ class CrossPoint(nn.Module):
         self.backbone = build_backbone(backbone, **self.backbone_config)
         self.point_head = ProjectionHead(self.backbone.global_dim, hidden_dim, projection_dim)
         self.image_encoder = IMAGE_ENCODERS[image_encoder]()
+        if image_weights:
+            _load_image_weights(self.image_encoder, image_weights)
         self.image_head = ProjectionHead(self.image_encoder.feature_dim, hidden_dim, projection_dim)
         self.temperature = temperature
         self.gather_distributed = gather_distributed
@@ -79,3 +83,11 @@ class CrossPoint(nn.Module):
         if "point_views" not in batch or "images" not in batch:
             raise ValueError("CrossPoint needs batches with point_views and images (a prepared store, point_views=2)")
         return self.losses(self.point_projections(batch["point_views"]), self.image_projections(batch["images"]))
+
+
+def _load_image_weights(encoder: nn.Module, path: str) -> None:
+    try:
+        state = read_state_dict(path)
+        load_torchvision_weights(encoder, state, classifier="drop")
+    except Exception as err:  # torch.load/safetensors raise many types (UnpicklingError, SafetensorError, ...)
+        raise ValueError(f"{path}: not usable torchvision ResNet weights ({err})") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from pretext3d.losses import GMMNLLLoss
@@ -38,5 +39,6 @@ class ParAE(nn.Module):
         logits = self.backbone(points).point_logits
         if logits is None:
             raise ValueError(f"backbone {self.backbone_name!r} has no point-wise outputs; ParAE needs one")
-        nll = self.criterion(points, logits)
+        with torch.autocast(points.device.type, enabled=False):  # the GMM fit needs float32 (Cholesky)
+            nll = self.criterion(points.float(), logits.float())
         return {"loss": nll, "nll": nll.detach()}
