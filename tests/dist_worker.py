@@ -27,7 +27,9 @@ def dgcnn_step(rows: slice, impl: str = "fast") -> dict[str, np.ndarray]:
     features = net(x).global_
     features.square().sum().backward()
     grads = {f"param_{name}": p.grad.numpy() for name, p in net.named_parameters()}
-    return {"dgcnn_features": features.detach().numpy(), "dgcnn_input_grad": x.grad.numpy(), **grads}
+    stats = {f"buffer_{name}": b.numpy() for name, b in net.named_buffers() if "running" in name}
+    result = {"dgcnn_features": features.detach().numpy(), "dgcnn_input_grad": x.grad.numpy(), **grads, **stats}
+    return {f"{impl}_{k}": v for k, v in result.items()}
 
 
 def main(out: str) -> None:
@@ -42,7 +44,7 @@ def main(out: str) -> None:
     local0 = z0[rows].clone().requires_grad_()
     loss = NTXentLoss(0.2, gather_distributed=True)(local0, z1[rows])
     loss.backward()
-    dgcnn = dgcnn_step(rows)
+    dgcnn = {**dgcnn_step(rows, "fast"), **dgcnn_step(rows, "plain")}
     np.savez(f"{out}_rank{rank}.npz", features=feats.features, indices=feats.indices, loss=loss.item(),
              grad=local0.grad.numpy(), **dgcnn)
     finish_distributed()

@@ -107,7 +107,9 @@ def test_demo_pretrains_and_compares_with_random_init(tmp_path, capsys):
         assert report["backbone"] == backbone and report["test_size"] == 14
         assert (tmp_path / "demo" / f"pretrain_{method}" / "backbone.safetensors").is_file()
     # a second demo reuses the finished runs
-    assert main(args) == 0
+    assert main([*args, "--methods", "parae"]) == 0
+    with pytest.raises(SystemExit):
+        main([*args, "--methods", "simclr"])
     assert json.loads((tmp_path / "demo" / "pretrain_parae" / "config.json").read_text())["summary"]["resumed_from"] == 2
 
 

@@ -46,13 +46,17 @@ def test_two_processes_match_one(tmp_path):
     grads = np.concatenate([r["grad"] for r in ranks]) / 2
     np.testing.assert_allclose(grads, z0.grad.numpy(), rtol=1e-4, atol=1e-6)
 
-    # DGCNN's EdgeConv statistics span both processes: the same features and gradients as one
-    # process on the whole batch (parameter gradients: the sum of the processes')
-    single = dgcnn_step(slice(0, 8))
-    np.testing.assert_allclose(np.concatenate([r["dgcnn_features"] for r in ranks]), single["dgcnn_features"],
-                               rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(np.concatenate([r["dgcnn_input_grad"] for r in ranks]), single["dgcnn_input_grad"],
-                               rtol=1e-4, atol=1e-5)
-    for key in (k for k in single if k.startswith("param_")):
-        scale = float(np.abs(single[key]).max())  # float32 sums in another order: relative to the largest entry
-        np.testing.assert_allclose(ranks[0][key] + ranks[1][key], single[key], rtol=1e-4, atol=1e-5 * scale, err_msg=key)
+    # DGCNN's EdgeConv statistics span both processes (fast and plain EdgeConv): the same
+    # features, gradients and running statistics as one process on the whole batch (parameter
+    # gradients: the sum of the processes')
+    for impl in ("fast", "plain"):
+        single = dgcnn_step(slice(0, 8), impl)
+        for key in (f"{impl}_dgcnn_features", f"{impl}_dgcnn_input_grad"):
+            np.testing.assert_allclose(np.concatenate([r[key] for r in ranks]), single[key], rtol=1e-4, atol=1e-5,
+                                       err_msg=key)
+        for key in (k for k in single if k.startswith(f"{impl}_param_")):
+            scale = float(np.abs(single[key]).max())  # float32 sums in another order: relative to the largest entry
+            np.testing.assert_allclose(ranks[0][key] + ranks[1][key], single[key], rtol=1e-4, atol=1e-5 * scale,
+                                       err_msg=key)
+        for key in (k for k in single if k.startswith(f"{impl}_buffer_")):
+            np.testing.assert_allclose(ranks[0][key], single[key], rtol=1e-4, atol=1e-6, err_msg=key)

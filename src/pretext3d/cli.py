@@ -164,12 +164,21 @@ def _cmd_data_builtin(args: argparse.Namespace) -> int:
 DEMO_METHODS = {"parae": "parae_cpu", "crosspoint": "crosspoint_cpu"}
 
 
+def _method_list(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in DEMO_METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or text!r}; known: {', '.join(DEMO_METHODS)}")
+    return methods
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job end to end on the built-in data: pretrain, then the linear-SVM "
                        "gain over random init (minutes on 2 cores)")
     p.add_argument("--out", default="demo_out", help="runs, reports and cache (default demo_out; a finished run is reused)")
-    p.add_argument("--methods", nargs="+", choices=sorted(DEMO_METHODS), default=["parae", "crosspoint"],
-                   help="pretext tasks to pretrain with (their *_cpu recipes; default both)")
+    p.add_argument("--methods", type=_method_list, default=["parae", "crosspoint"], metavar="M[,M]",
+                   help=f"pretext tasks to pretrain with, comma-separated (their *_cpu recipes; default both): "
+                   f"{', '.join(DEMO_METHODS)}")
     p.add_argument("--steps", type=_at_least(1), default=120, help="pretraining steps per method (default 120)")
     p.add_argument("--train", type=_at_least(2), default=40, help="built-in objects per class for training")
     p.add_argument("--test", type=_at_least(1), default=10, help="built-in objects per class for testing")

@@ -21,7 +21,7 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
         "pretrain",
         help="pretrain a backbone with a recipe (CrossPoint, ParAE)",
         description="Pretrain with a YAML recipe (configs/*.yaml). Overrides are key=value with dotted keys, "
-        "e.g. steps=200 batch_size=32 optimizer.lr=3e-4 model.backbone=pointnet data=/path/to/store. "
+        "e.g. steps=200 batch_size=32 optimizer.lr=3e-4 model.backbone_config.k=20 data=/path/to/store (a mapping value replaces the mapping: model.backbone=pointnet \"model.backbone_config={emb_dims: 1024}\"). "
         "The run folder gets metrics.jsonl, checkpoints/, and at the end backbone.safetensors and config.json. "
         "Several processes: torchrun --nproc_per_node=N -m pretext3d.cli pretrain ...",
     )
@@ -42,17 +42,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def pretrain(recipe_path: str | Path, out: str | Path, overrides: list[str] | tuple[str, ...] = (),
-             resume: bool = False, log=None) -> dict[str, Any]:
-    """Run ``recipe_path`` with ``overrides`` into ``out``; returns the trainer's summary."""
-    from pretext3d.config import RecipeError, apply_overrides, build_dataset, build_method, load_recipe, train_config
-    from pretext3d.engine.trainer import Trainer
-    from pretext3d.utils.device import finish_distributed, init_distributed, rank_and_world, rank_zero_first
-    from pretext3d.utils.io import atomic_write_json
+def _check_run_folder(out: Path, recipe: dict[str, Any], resume: bool) -> None:
+    """A new run needs a fresh folder; a resumed one the recipe it was started with (up to
+    ``FREE_ON_RESUME`` keys)."""
+    from pretext3d.config import RecipeError
 
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    recipe = apply_overrides(load_recipe(recipe_path), overrides)
-    out = Path(out)
     saved = out / "recipe.json"
     if saved.exists() and not resume:
         raise RecipeError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
@@ -61,15 +55,41 @@ def pretrain(recipe_path: str | Path, out: str | Path, overrides: list[str] | tu
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in FREE_ON_RESUME)
         if changed:
             raise RecipeError(f"{out}: the run was started with another recipe (differs in {', '.join(changed)})")
+
+
+def _require_tensorboard() -> None:
+    from pretext3d.config import RecipeError
+
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise RecipeError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+
+
+def pretrain(recipe_path: str | Path, out: str | Path, overrides: list[str] | tuple[str, ...] = (),
+             resume: bool = False, log=None) -> dict[str, Any]:
+    """Run ``recipe_path`` with ``overrides`` into ``out``; returns the trainer's summary."""
+    from pretext3d.config import apply_overrides, build_dataset, build_method, load_recipe, train_config
+    from pretext3d.engine.trainer import Trainer
+    from pretext3d.utils.device import finish_distributed, init_distributed, rank_and_world, rank_zero_first
+    from pretext3d.utils.io import atomic_write_json
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    recipe = apply_overrides(load_recipe(recipe_path), overrides)
+    if recipe["tensorboard"]:
+        _require_tensorboard()  # in every process, before any of them waits on the others
+    out = Path(out)
     init_distributed()
     rank, _ = rank_and_world()
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(saved, recipe)
+    _check_run_folder(out, recipe, resume)
+    with rank_zero_first():  # every process has checked the folder before rank 0 writes to it
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / "recipe.json", recipe)
     torch.manual_seed(recipe["seed"])  # the same initial weights in every process and run
     method = build_method(recipe)
     with rank_zero_first():  # rank 0 alone prepares the built-in store when one is needed
-        dataset = build_dataset(recipe, out, log=log if rank == 0 else (lambda m: None))
+        dataset = build_dataset(recipe, out, log=log if rank == 0 else (lambda m: None), prepare_store=rank == 0)
     config = train_config(recipe, len(dataset))
     if rank == 0:
         log(f"{recipe['method']}: {len(dataset)} training samples, {config.steps} steps of {config.batch_size}")

@@ -12,8 +12,11 @@ A recipe names a method and its settings, the data and the trainer's settings::
     optimizer: {name: adam, lr: 0.001, weight_decay: 1.0e-6}
     schedule: {name: cosine}
 
-Overrides use dotted keys and YAML values: ``steps=200 optimizer.lr=3e-4 model.backbone=pointnet``.
-A key the recipe format does not know is an error that names it.
+Overrides use dotted keys and YAML values: ``steps=200 optimizer.lr=3e-4 model.backbone_config.k=20``.
+In a recipe file a mapping completes the defaults (``data_options: {points: 2048}`` keeps the
+other data options); an override's mapping replaces the mapping (``model.backbone=pointnet
+model.backbone_config={emb_dims: 512}``). A key the recipe format does not know is an error that
+names it.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ def complete(raw: dict[str, Any]) -> dict[str, Any]:
     """The recipe with every default filled in; unknown keys are errors."""
     recipe = copy.deepcopy(TOP_LEVEL)
     for key, value in raw.items():
-        _set(recipe, key.split("."), value, key)
+        _set(recipe, key.split("."), value, key, merge=True)
     _validate(recipe)
     return recipe
 
@@ -122,20 +125,22 @@ def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[st
             raise RecipeError(f"override {text!r} is not key=value")
         try:
             parsed = _parse_yaml(value) if value else None
-        except yaml.YAMLError:
-            parsed = value
-        _set(recipe, key.strip().split("."), parsed, key)
+        except yaml.YAMLError as err:
+            raise RecipeError(f"override {text!r}: the value is not valid YAML ({err})") from None
+        _set(recipe, key.strip().split("."), parsed, key, merge=False)
     _validate(recipe)
     return recipe
 
 
-def _set(recipe: dict[str, Any], parts: list[str], value: Any, key: str) -> None:
+def _set(recipe: dict[str, Any], parts: list[str], value: Any, key: str, merge: bool) -> None:
     if parts[0] not in TOP_LEVEL:
         raise RecipeError(f"unknown recipe key {key!r}; known: {', '.join(TOP_LEVEL)}")
     if len(parts) == 1:
         if isinstance(TOP_LEVEL[parts[0]], dict) and isinstance(value, dict):
+            if not merge:
+                recipe[parts[0]] = copy.deepcopy(TOP_LEVEL[parts[0]])  # the section's defaults, then the value
             for inner, v in value.items():
-                _set(recipe, [parts[0], *str(inner).split(".")], v, f"{key}.{inner}")
+                _set(recipe, [parts[0], *str(inner).split(".")], v, f"{key}.{inner}", merge=True)
         else:
             recipe[parts[0]] = value
         return
@@ -152,8 +157,9 @@ def _set(recipe: dict[str, Any], parts: list[str], value: Any, key: str) -> None
     last = parts[-1]
     if parts[0] in CHECKED_SECTIONS and len(parts) == 2 and last not in defaults:
         raise RecipeError(f"unknown recipe key {key!r}; known in {parts[0]}: {', '.join(defaults)}")
-    # a mapping given for a mapping updates it (data_options.builtin_store: {views: 4} keeps the rest)
-    node[last] = {**node[last], **value} if isinstance(node.get(last), dict) and isinstance(value, dict) else value
+    # in a recipe file a mapping completes the mapping (data_options.builtin_store: {views: 4} keeps
+    # the rest); an override replaces it
+    node[last] = {**node[last], **value} if merge and isinstance(node.get(last), dict) and isinstance(value, dict) else value
 
 
 def _validate(recipe: dict[str, Any]) -> None:
@@ -213,13 +219,14 @@ def point_views(recipe: dict[str, Any]) -> int:
     return 2 if recipe["method"] == "crosspoint" else 1
 
 
-def build_dataset(recipe: dict[str, Any], work_dir: Path, log=print) -> Dataset:
+def build_dataset(recipe: dict[str, Any], work_dir: Path, log=print, prepare_store: bool = True) -> Dataset:
     """The training split as the method needs it.
 
     A prepared store (a folder with store.json) gives points and images (MultimodalDataset);
     any other dataset ``open_splits`` reads gives points only (AugmentedClouds). Without
     ``data``, the built-in shapes: read directly, or, for methods with images, prepared once
-    into ``work_dir/builtin-store`` with ``data_options.builtin_store`` settings.
+    into ``work_dir/builtin-store`` with ``data_options.builtin_store`` settings
+    (``prepare_store=False``: another process has prepared it).
     """
     from pretext3d.data.multimodal import AugmentedClouds, ImageAugment, MultimodalDataset, PointAugment
 
@@ -232,7 +239,7 @@ def build_dataset(recipe: dict[str, Any], work_dir: Path, log=print) -> Dataset:
         raise RecipeError(f"data_options: {err}") from None
     data = recipe["data"]
     if data is None and needs_images(recipe):
-        data = str(_builtin_store(options, work_dir / "builtin-store", log))
+        data = str(_builtin_store(options, work_dir / "builtin-store", log) if prepare_store else work_dir / "builtin-store")
     if data is not None and (Path(data) / "store.json").is_file():
         return MultimodalDataset(
             data, split="train", num_points=options["points"], image_size=options["image_size"],

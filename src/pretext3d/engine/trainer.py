@@ -284,8 +284,8 @@ class Trainer:
         began, last_log = time.perf_counter(), None
         parts: dict[str, float] = {}
         step = start
+        self._board = self._tensorboard(start) if self.rank == 0 and config.tensorboard else None
         metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
-        self._board = self._tensorboard() if self.rank == 0 and config.tensorboard else None
         try:
             for step, batch in enumerate(loader, start=start):
                 lr = learning_rate(step, config.optimizer, config.schedule, config.steps)
@@ -346,12 +346,13 @@ class Trainer:
                     self._board.add_scalar(f"train/{name}", value, done)
         return parts
 
-    def _tensorboard(self):
+    def _tensorboard(self, start: int):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ValueError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
-        return SummaryWriter(str(self.out / "tensorboard"))
+        # purge_step: a resumed run drops the events logged after its checkpoint
+        return SummaryWriter(str(self.out / "tensorboard"), purge_step=start or None)
 
     def _trim_metrics(self, start: int) -> None:
         """Drop metric lines after the checkpoint a resumed run restarts from."""

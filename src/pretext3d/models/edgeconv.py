@@ -22,8 +22,10 @@ the paper describes. ``impl="fast"`` never builds it:
   which needs only per-point sums (a gather-sum), not the edge tensor.
 
 Gradients flow through all of it (the max sends its gradient to the winning neighbour, as the
-plain max does). The BatchNorm statistics are those of the local batch (as nn.BatchNorm does
-under DDP); converting to SyncBatchNorm does not reach EdgeConv's own statistics. Blocks with several convolutions before the max (DGCNN's segmentation network)
+plain max does). Under torchrun the sums run over every process's batch (differentiable
+all-reduce), so the statistics are those of the global batch, as with SyncBatchNorm; the
+materialised and plain paths call the BatchNorm modules, which the trainer converts for DDP.
+Blocks with several convolutions before the max (DGCNN's segmentation network)
 use the split for the first convolution and materialise the later ones, chunked in eval mode.
 """
 

@@ -27,6 +27,8 @@ from pretext3d.models import ProjectionHead, build_backbone, load_torchvision_we
 __all__ = ["CrossPoint", "IMAGE_ENCODERS"]
 
 IMAGE_ENCODERS = {"resnet18": resnet18, "resnet50": resnet50}
+# their decoders would hold parameters without gradients (DDP needs every parameter used)
+POINTWISE_BACKBONES = ("pointnet-pointwise", "dgcnn-seg")
 
 
 class CrossPoint(nn.Module):
@@ -45,6 +47,8 @@ class CrossPoint(nn.Module):
         super().__init__()
         if image_encoder not in IMAGE_ENCODERS:
             raise ValueError(f"unknown image_encoder {image_encoder!r}; known: {', '.join(IMAGE_ENCODERS)}")
+        if backbone in POINTWISE_BACKBONES:
+            raise ValueError(f"CrossPoint contrasts global features: use pointnet or dgcnn, not the point-wise {backbone!r}")
         self.backbone_name = backbone
         self.backbone_config = dict(backbone_config or {})
         self.backbone = build_backbone(backbone, **self.backbone_config)

@@ -54,15 +54,24 @@ def init_distributed() -> None:
 @contextmanager
 def rank_zero_first() -> Iterator[None]:
     """Run the block on rank 0 first and on the other processes after it (e.g. rank 0 writes a
-    file the others then read); a plain block outside a distributed run."""
+    file the others then read); if it raises on rank 0, the others raise too instead of waiting.
+    A plain block outside a distributed run."""
     if not is_distributed():
         yield
         return
     if dist.get_rank() != 0:
-        dist.barrier()
-    yield
-    if dist.get_rank() == 0:
-        dist.barrier()
+        flag = [None]
+        dist.broadcast_object_list(flag, src=0)
+        if not flag[0]:
+            raise RuntimeError("process 0 failed in a step the others wait for (its error is in its log)")
+        yield
+        return
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:  # tell the others in any case, so that an error on rank 0 does not leave them waiting
+        dist.broadcast_object_list([ok], src=0)
 
 
 def finish_distributed() -> None:
