@@ -194,11 +194,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """Random-init PointNet floor, then each method's *_cpu recipe on the same built-in
     training split, each evaluated with the same linear-SVM protocol."""
     from pretext3d.cli_pretrain import pretrain
+    from pretext3d.data.builtin import builtin_spec
     from pretext3d.eval.protocols import LinearSVMConfig, run_linear_svm
     from pretext3d.utils.io import atomic_write_json
 
     out = Path(args.out)
-    data = f"builtin:seed={args.seed},train={args.train},test={args.test}"
+    data = builtin_spec(args.seed, args.train, args.test)
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     start = time.perf_counter()
     common = dict(data=data, num_points=args.points, seeds=[args.seed], device=args.device,

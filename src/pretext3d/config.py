@@ -34,9 +34,12 @@ from torch.utils.data import Dataset
 from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig
 
 __all__ = ["RecipeError", "load_recipe", "shipped_recipes", "RECIPES_DIR", "apply_overrides", "build_method", "build_dataset", "train_config",
-           "METHODS", "DEFAULT_DATA_OPTIONS"]
+           "METHODS", "DATA_NEEDS", "DEFAULT_DATA_OPTIONS"]
 
-METHODS = ("crosspoint", "parae")
+# what each method reads: images (a prepared store) and how many augmented point views
+DATA_NEEDS: dict[str, dict[str, Any]] = {"crosspoint": {"images": True, "point_views": 2},
+                                         "parae": {"images": False, "point_views": 1}}
+METHODS = tuple(DATA_NEEDS)
 
 # how pretraining data are read and augmented (MultimodalDataset / AugmentedClouds)
 DEFAULT_DATA_OPTIONS: dict[str, Any] = {
@@ -165,9 +168,8 @@ def _set(recipe: dict[str, Any], parts: list[str], value: Any, key: str, merge: 
 def _validate(recipe: dict[str, Any]) -> None:
     if recipe["method"] not in METHODS:
         raise RecipeError(f"method must be one of {', '.join(METHODS)}, got {recipe['method']!r}")
-    for key in ("batch_size",):
-        if not isinstance(recipe[key], int) or recipe[key] < 1:
-            raise RecipeError(f"{key} must be a positive integer, got {recipe[key]!r}")
+    if not isinstance(recipe["batch_size"], int) or recipe["batch_size"] < 1:
+        raise RecipeError(f"batch_size must be a positive integer, got {recipe['batch_size']!r}")
     if recipe["steps"] is None and recipe["epochs"] is None:
         raise RecipeError("give steps or epochs")
     if recipe["steps"] is not None and (not isinstance(recipe["steps"], int) or recipe["steps"] < 0):
@@ -211,14 +213,6 @@ def build_method(recipe: dict[str, Any]) -> nn.Module:
         raise RecipeError(f"model: {err}") from None
 
 
-def needs_images(recipe: dict[str, Any]) -> bool:
-    return recipe["method"] == "crosspoint"
-
-
-def point_views(recipe: dict[str, Any]) -> int:
-    return 2 if recipe["method"] == "crosspoint" else 1
-
-
 def build_dataset(recipe: dict[str, Any], work_dir: Path, log=print, prepare_store: bool = True) -> Dataset:
     """The training split as the method needs it.
 
@@ -230,36 +224,43 @@ def build_dataset(recipe: dict[str, Any], work_dir: Path, log=print, prepare_sto
     """
     from pretext3d.data.multimodal import AugmentedClouds, ImageAugment, MultimodalDataset, PointAugment
 
+    from pretext3d.data.builtin import builtin_spec
+
     options = recipe["data_options"]
-    try:
-        augment = PointAugment(**{k: tuple(v) if isinstance(v, list) else v for k, v in options["augment"].items()})
-        image_augment = ImageAugment(**{k: tuple(v) if isinstance(v, list) else v
-                                        for k, v in options["image_augment"].items()})
-    except TypeError as err:
-        raise RecipeError(f"data_options: {err}") from None
+    augment = _options_as(PointAugment, options["augment"])
+    image_augment = _options_as(ImageAugment, options["image_augment"])
+    needs = DATA_NEEDS[recipe["method"]]
     data = recipe["data"]
-    if data is None and needs_images(recipe):
-        data = str(_builtin_store(options, work_dir / "builtin-store", log) if prepare_store else work_dir / "builtin-store")
+    builtin = builtin_spec(**options["builtin"])
+    if data is None and needs["images"]:
+        store = work_dir / "builtin-store"
+        data = str(_builtin_store(builtin, options, store, log) if prepare_store else store)
     if data is not None and (Path(data) / "store.json").is_file():
         return MultimodalDataset(
             data, split="train", num_points=options["points"], image_size=options["image_size"],
             point_augment=augment, image_augment=image_augment,
-            modalities=("points", "images") if needs_images(recipe) else ("points",),
-            seed=recipe["seed"], point_views=point_views(recipe))
-    if needs_images(recipe):
+            modalities=("points", "images") if needs["images"] else ("points",),
+            seed=recipe["seed"], point_views=needs["point_views"])
+    if needs["images"]:
         raise RecipeError(f"{data}: {recipe['method']} needs images: give a store made by `pretext3d prepare`")
     from pretext3d.data import open_splits
 
-    spec = data or "builtin:" + ",".join(f"{k}={v}" for k, v in options["builtin"].items())
-    clouds = open_splits(spec, options["points"], seed=recipe["seed"])["train"]
-    return AugmentedClouds(clouds, augment, point_views(recipe), recipe["seed"])
+    clouds = open_splits(data or builtin, options["points"], seed=recipe["seed"])["train"]
+    return AugmentedClouds(clouds, augment, needs["point_views"], recipe["seed"])
 
 
-def _builtin_store(options: dict[str, Any], root: Path, log) -> Path:
+def _options_as(cls: type, options: dict[str, Any]) -> Any:
+    """An augmentation dataclass from recipe options (YAML lists become the tuples it holds)."""
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+    except TypeError as err:
+        raise RecipeError(f"data_options: {err}") from None
+
+
+def _builtin_store(spec: str, options: dict[str, Any], root: Path, log) -> Path:
     from pretext3d.data.prepare import prepare
     from pretext3d.data.store import StoreSettings
 
-    spec = "builtin:" + ",".join(f"{k}={v}" for k, v in options["builtin"].items())
     settings = StoreSettings(points=options["points"], **options["builtin_store"])
     log(f"preparing the built-in shapes ({spec}) with images into {root}")
     summary = prepare(spec, root, settings, workers=1, progress=False)

@@ -465,6 +465,11 @@ def parse_builtin_spec(spec: str, seed: int = 0) -> dict[str, int]:
     return options
 
 
+def builtin_spec(seed: int = 0, train: int = 40, test: int = 10) -> str:
+    """The data spec ``parse_builtin_spec`` reads back: 'builtin:seed=0,train=40,test=10'."""
+    return f"builtin:seed={seed},train={train},test={test}"
+
+
 def export_builtin_meshes(out_dir: str | Path, seed: int = 0, train: int = 40, test: int = 10) -> Path:
     """Write the built-in meshes as ``<class>/{train,test}/<class>_XXXX.off`` (ModelNet layout)
     plus ``<...>.parts.npy`` face part labels; each file is written atomically."""

@@ -34,6 +34,7 @@ __all__ = [
     "MultimodalDataset",
     "PointAugment",
     "augment_cloud",
+    "augmented_views",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,6 +106,22 @@ def augment_cloud(points: np.ndarray, normals: np.ndarray | None, affine: np.nda
     if normals is not None:
         out["normals"] = torch.from_numpy(normals.astype(np.float32))
     return out
+
+
+def augmented_views(points: np.ndarray, normals: np.ndarray | None, rng: np.random.Generator,
+                    augment: PointAugment | None, up: str, views: int = 1) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """``views`` independent augmentations of one cloud (N, 3): {"points" (N, 3), "normals"?
+    (the first view's), "point_views" (V, N, 3) when V > 1} and the first view's (4, 4) affine."""
+    first_affine = np.eye(4)
+    clouds = []
+    for v in range(views):
+        affine = random_point_affine(rng, augment, up) if augment else np.eye(4)
+        first_affine = affine if v == 0 else first_affine
+        clouds.append(augment_cloud(points, normals if v == 0 else None, affine, rng, augment))
+    out = dict(clouds[0])
+    if views > 1:
+        out["point_views"] = torch.stack([c["points"] for c in clouds])
+    return out, first_affine
 
 
 def random_crop_box(rng: np.random.Generator, height: int, width: int, augment: ImageAugment) -> tuple[float, float, float, float]:
@@ -218,13 +235,9 @@ class MultimodalDataset(Dataset):
         item: dict[str, torch.Tensor | int] = {"label": int(entry["label"]), "index": i}
         affine = np.eye(4)
         if "points" in self.modalities:
-            affine = random_point_affine(rng, self.point_augment, self.settings.up) if self.point_augment else affine
-            points, normals = arrays["points"][: self.num_points], arrays["normals"][: self.num_points]
-            item.update(augment_cloud(points, normals, affine, rng, self.point_augment))
-            if self.point_views > 1:
-                more = [augment_cloud(points, None, random_point_affine(rng, self.point_augment, self.settings.up),
-                                      rng, self.point_augment)["points"] for _ in range(self.point_views - 1)]
-                item["point_views"] = torch.stack([item["points"], *more])
+            clouds, affine = augmented_views(arrays["points"][: self.num_points], arrays["normals"][: self.num_points],
+                                             rng, self.point_augment, self.settings.up, self.point_views)
+            item.update(clouds)
         if "images" in self.modalities:
             item.update(self._images(arrays, affine, rng))
         if "mesh" in self.modalities and "mesh_features" in arrays:
@@ -301,13 +314,6 @@ class AugmentedClouds(Dataset):
         if "error" in item:
             raise DataFormatError(getattr(self.clouds, "source", "dataset"), item["error"])
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        points = np.asarray(item["points"])
         normals = np.asarray(item["normals"]) if "normals" in item else None
-        views = []
-        for v in range(self.point_views):
-            affine = random_point_affine(rng, self.augment, self.up) if self.augment else np.eye(4)
-            views.append(augment_cloud(points, normals if v == 0 else None, affine, rng, self.augment))
-        out: dict[str, torch.Tensor | int] = {**views[0], "label": int(item["label"]), "index": i}
-        if self.point_views > 1:
-            out["point_views"] = torch.stack([v["points"] for v in views])
-        return out
+        clouds, _ = augmented_views(np.asarray(item["points"]), normals, rng, self.augment, self.up, self.point_views)
+        return {**clouds, "label": int(item["label"]), "index": i}
