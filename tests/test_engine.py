@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from pretext3d.data.builtin import builtin_splits
-from pretext3d.engine.checkpoint import load_backbone
+import pretext3d
+from pretext3d.engine.checkpoint import CheckpointError, load_backbone
 from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig, Trainer, batch_indices, learning_rate
 from pretext3d.pretext.parae import ParAE
 from tests.tests_helpers import free_port
@@ -72,6 +73,11 @@ def test_parae_trains_and_exports_a_loadable_backbone(clouds, tmp_path):
     x = torch.randn(2, 64, 3)
     method.eval()
     torch.testing.assert_close(loaded.model(x).global_, method.backbone(x).global_)
+    from_folder = pretext3d.load_backbone(tmp_path / "run")  # the public entry point takes the run folder
+    assert from_folder.backbone == "pointnet-pointwise"
+    torch.testing.assert_close(from_folder.model.eval()(x).global_, method.backbone(x).global_)
+    with pytest.raises(CheckpointError, match="without backbone.safetensors"):
+        pretext3d.load_backbone(tmp_path / "run" / "checkpoints")
     config_json = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config_json["backbone"] == "pointnet-pointwise" and config_json["train"]["steps"] == 40
     assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").iterdir())] == ["step-0000020", "step-0000040"]

@@ -164,6 +164,38 @@ def test_a_dying_worker_fails_its_object_and_the_run_goes_on(tmp_path):
     assert again.done == 1 and again.counts["present"] == 6
 
 
+def test_a_pool_that_breaks_on_submit_loses_no_object(monkeypatch):
+    """A worker can die just after the last results came back, so that the pool breaks on the
+    next submit instead of on a result (a rare race of the test above): every object is still
+    reported exactly once, by a fresh pool."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    import pretext3d.data.prepare as prepare_module
+    from pretext3d.data.sources import SourceObject
+    from pretext3d.data.store import ObjectRecord
+
+    submits = {"n": 0}
+
+    class BreaksOnThirdSubmit:
+        def submit(self, fn, obj):
+            submits["n"] += 1
+            if submits["n"] == 3:
+                raise BrokenProcessPool("a worker died")
+            done: Future = Future()
+            done.set_result(ObjectRecord(obj.key, "done"))
+            return done
+
+        def shutdown(self, wait=True, cancel_futures=False):
+            pass
+
+    monkeypatch.setattr(prepare_module, "_executor", lambda workers, initargs: BreaksOnThirdSubmit())
+    todo = [SourceObject(f"train/o{i}", f"o{i}", "train", 0, i) for i in range(6)]
+    records = list(prepare_module._run_in_processes(todo, 1, ()))
+    assert sorted(r.key for r in records) == [o.key for o in todo] and {r.status for r in records} == {"done"}
+    assert submits["n"] == 7  # one submit failed and its object went to the next pool
+
+
 def test_png_round_trip_keeps_pixels_and_mask():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 20, 30, 3), dtype=np.uint8)

@@ -1,3 +1,22 @@
 """pretext3d: self-supervised 3D representation learning from multimodal correspondences."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pretext3d.engine.checkpoint import LoadedBackbone
+
 __version__ = "0.1.0"
+__all__ = ["load_backbone", "__version__"]
+
+
+def load_backbone(path: str | Path, expected: str | None = None, **reference_config: Any) -> LoadedBackbone:
+    """Rebuild a backbone from a checkpoint file or a finished ``pretext3d pretrain`` run folder
+    (see :func:`pretext3d.engine.checkpoint.load_backbone`). ``.model`` maps points (B, N, 3) to
+    an output whose ``.global_`` is (B, D)."""
+    # imported here so that `import pretext3d` (and the CLI's --help) does not load torch
+    from pretext3d.engine.checkpoint import load_backbone as load
+
+    return load(path, expected, **reference_config)

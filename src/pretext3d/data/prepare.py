@@ -106,11 +106,18 @@ def _run_in_processes(todo: list[SourceObject], workers: int, initargs: tuple) -
         executor = _executor(workers, initargs)
         in_flight: dict[Future, SourceObject] = {}
         suspects: list[SourceObject] = []
+        broken = False
         try:
             while (pending or in_flight) and not suspects:
-                while pending and len(in_flight) < 2 * workers:
+                while pending and len(in_flight) < 2 * workers and not broken:
                     obj = pending.popleft()
-                    in_flight[executor.submit(_run_one, obj)] = obj
+                    try:
+                        in_flight[executor.submit(_run_one, obj)] = obj
+                    except BrokenProcessPool:  # a worker died after the last results came back
+                        pending.appendleft(obj)
+                        broken = True
+                if not in_flight:
+                    break  # nothing left to blame in this pool: go on in a fresh one
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
                     obj = in_flight.pop(future)

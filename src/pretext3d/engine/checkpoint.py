@@ -20,7 +20,8 @@ from torch import nn
 from pretext3d.models import REFERENCES, build_backbone, detect_reference, load_reference, read_state_dict
 from pretext3d.utils.io import atomic_path
 
-__all__ = ["CheckpointError", "LoadedBackbone", "save_backbone", "load_backbone", "FORMAT", "REFERENCE_BACKBONES"]
+__all__ = ["CheckpointError", "LoadedBackbone", "save_backbone", "load_backbone", "resolve_checkpoint", "FORMAT",
+           "REFERENCE_BACKBONES"]
 
 FORMAT = "pretext3d-backbone/1"
 
@@ -62,13 +63,24 @@ REFERENCE_BACKBONES = {
 }
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the backbone.safetensors a `pretext3d pretrain` run folder holds."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "backbone.safetensors").is_file():
+            raise CheckpointError(f"{path}: a folder without backbone.safetensors (not a finished pretraining run)")
+        return path / "backbone.safetensors"
+    return path
+
+
 def load_backbone(path: str | Path, expected: str | None = None, **reference_config: Any) -> LoadedBackbone:
-    """Rebuild a backbone from a pretext3d checkpoint or from reference weights.
+    """Rebuild a backbone from a pretext3d checkpoint (a file or a finished run folder) or from
+    reference weights.
 
     expected: the backbone name the caller asked for (an error if the checkpoint holds another);
     reference_config: passed to ``load_reference`` (e.g. ``k``) for reference weights.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.exists():
         raise CheckpointError(f"{path}: does not exist")
     if path.suffix == ".safetensors":

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pretext3d.data.readers import MESH_FORMATS, detect_format, open_splits
-from pretext3d.engine.checkpoint import CheckpointError, load_backbone
+from pretext3d.engine.checkpoint import CheckpointError, load_backbone, resolve_checkpoint
 from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
 from pretext3d.eval.features import Features, calibrate_batchnorm, extract_features
 from pretext3d.eval.linear_svm import DEFAULT_C_GRID, fit_linear_svm
@@ -125,16 +125,6 @@ def run_linear_svm(cfg: LinearSVMConfig, log=print) -> dict[str, Any]:
         log(f"seed {seed}: accuracy {100 * result.accuracy:.2f}% (class mean {100 * result.class_mean_accuracy:.2f}%), "
             f"C={result.C:g}, {result.feature_dim}-d features" + ("" if needs_model else " [cached]"))
     return _report(cfg, fmt, splits, per_seed, info, str(device))
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the backbone.safetensors a `pretext3d pretrain` run folder holds."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "backbone.safetensors").is_file():
-            raise CheckpointError(f"{path}: a folder without backbone.safetensors (not a finished pretraining run)")
-        return path / "backbone.safetensors"
-    return path
 
 
 def _takes_normals(model: torch.nn.Module) -> bool:
