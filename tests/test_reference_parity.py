@@ -157,12 +157,55 @@ def test_deepgmr_pointwise_logits():
     torch.testing.assert_close(out.point_logits, t(case["outputs/logits"]), rtol=0, atol=EVAL_ATOL)
 
 
+def mesh_inputs(case: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's channels-first centres, corners, normals -> our faces (B, F, 15)."""
+    parts = [case[f"inputs/{name}"] for name in ("centers", "corners", "normals")]
+    return t(np.concatenate(parts, axis=1)).transpose(1, 2).contiguous(), t(case["inputs/neighbor_index"])
+
+
+def test_meshnet_logits_and_feature():
+    case = golden_case("meshnet_imoonlab_head")
+    model = load_reference("meshnet", golden_state_dict(case))
+    faces, neighbours = mesh_inputs(case)
+    with torch.no_grad():
+        out = model(faces, neighbours)
+    torch.testing.assert_close(out.logits, t(case["outputs/cls"]), rtol=0, atol=EVAL_ATOL)
+    # the reference divides its feature by the norm of the whole batch tensor
+    torch.testing.assert_close(out.global_ / out.global_.norm(), t(case["outputs/fea_batchnormed"]), rtol=0, atol=EVAL_ATOL)
+    assert out.local.shape == (2, 64, 1024) and torch.equal(out.centres, faces[..., :3])
+
+
+def test_jing_meshnet512_is_the_meshnet_trunk_and_its_512_layer():
+    """Jing et al.'s MeshNet is iMoonLab's trunk + Linear(1024, 512, no bias)/BN/ReLU: their
+    names for it, with the golden trunk and a random last layer, give exactly that function."""
+    case = golden_case("meshnet_imoonlab_head")
+    trunk = {k: v for k, v in golden_state_dict(case).items() if not k.startswith("classifier.")}
+    rng = np.random.default_rng(0)
+    layer = {"linear1.weight": rng.standard_normal((512, 1024)).astype(np.float32) / 32,
+             "bn6.weight": rng.random(512).astype(np.float32) + 0.5, "bn6.bias": rng.standard_normal(512).astype(np.float32),
+             "bn6.running_mean": rng.standard_normal(512).astype(np.float32) / 10,
+             "bn6.running_var": rng.random(512).astype(np.float32) + 0.5, "bn6.num_batches_tracked": np.array(3)}
+    jing = {**trunk, **layer}
+    assert detect_reference(jing) == "jing-meshnet512"
+    model = load_reference("jing-meshnet512", jing)
+    faces, neighbours = mesh_inputs(case)
+    with torch.no_grad():
+        out = model(faces, neighbours).global_
+        pooled = load_reference("meshnet", golden_state_dict(case)).backbone(faces, neighbours).global_
+    x = pooled @ t(layer["linear1.weight"]).T
+    x = (x - t(layer["bn6.running_mean"])) / torch.sqrt(t(layer["bn6.running_var"]) + 1e-5)
+    expected = torch.relu(x * t(layer["bn6.weight"]) + t(layer["bn6.bias"]))
+    assert out.shape == (2, 512)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_detect_reference_names_each_golden_architecture():
     expected = {
         "crosspoint_dgcnn_small": "crosspoint-dgcnn",
         "dgcnn_jing512": "jing-dgcnn512",
         "crosspoint_partseg_k16": "crosspoint-dgcnn-partseg",
         "deepgmr_gmm_params": "deepgmr-pointnet",
+        "meshnet_imoonlab_head": "meshnet",
     }
     for case_name, arch in expected.items():
         assert detect_reference(golden_state_dict(golden_case(case_name))) == arch

@@ -60,6 +60,8 @@ REFERENCE_BACKBONES = {
     "crosspoint-pointnet": "pointnet",
     "crosspoint-dgcnn-partseg": "dgcnn-seg",
     "deepgmr-pointnet": "pointnet-pointwise",
+    "meshnet": "meshnet",  # with its classifier: global_ is the reference's 256-d feature
+    "jing-meshnet512": "meshnet",
 }
 
 

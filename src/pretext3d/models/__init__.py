@@ -10,6 +10,7 @@ from torch import nn
 from pretext3d.models.dgcnn import DGCNN, DGCNNSeg
 from pretext3d.models.edgeconv import EdgeConv
 from pretext3d.models.layers import EncoderWithHead, PointFeatures, ProjectionHead
+from pretext3d.models.meshnet import MeshNet, MeshNetClassifier
 from pretext3d.models.pointnet import PointNet, PointNetPointwise
 from pretext3d.models.reference import REFERENCES, detect_reference, load_reference, read_state_dict
 from pretext3d.models.resnet import ImageFeatures, ResNet, load_torchvision_weights, resnet18, resnet50
@@ -19,6 +20,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "dgcnn": DGCNN,
     "pointnet-pointwise": PointNetPointwise,
     "dgcnn-seg": DGCNNSeg,
+    "meshnet": MeshNet,
 }
 
 
@@ -40,6 +42,8 @@ __all__ = [
     "DGCNNSeg",
     "EdgeConv",
     "EncoderWithHead",
+    "MeshNet",
+    "MeshNetClassifier",
     "PointFeatures",
     "PointNet",
     "PointNetPointwise",

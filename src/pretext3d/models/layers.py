@@ -36,7 +36,8 @@ class PointFeatures:
     global_: (B, D) one vector per cloud;  local: (B, M, C) per-point (M = N for full-resolution
     networks) features (None when the caller passed ``need_local=False``);  centres: (B, M, 3) where the local features sit;  projection: (B, P)
     output of a projection head, when the model has one;  point_logits: (B, N, J) point-wise
-    outputs of segmentation/partition networks.
+    outputs of segmentation/partition networks;  logits: (B, C) class scores of a model with a
+    classifier.
     """
 
     global_: Tensor
@@ -44,6 +45,7 @@ class PointFeatures:
     centres: Tensor
     projection: Tensor | None = None
     point_logits: Tensor | None = None
+    logits: Tensor | None = None
 
 
 def activation(x: Tensor, kind: Activation) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from pretext3d.models.dgcnn import DGCNN, DGCNNSeg
 from pretext3d.models.layers import EncoderWithHead, FeatureHead, ProjectionHead
+from pretext3d.models.meshnet import MeshNet, MeshNetClassifier
 from pretext3d.models.pointnet import PointNet, PointNetPointwise
 
 __all__ = ["load_reference", "REFERENCES", "ReferenceWeightsError", "read_state_dict", "detect_reference"]
@@ -218,7 +219,57 @@ def _deepgmr_pointnet(sd: StateDict) -> nn.Module:
     return m.load_into(model)
 
 
+def _conv_mlp(m: _Mapper, ref: str, ours: str, layers: int) -> None:
+    """nn.Sequential(Conv, BN, ReLU, Conv, BN, ReLU, ...) -> our Sequential of PointwiseBlocks."""
+    for i in range(layers):
+        m.conv(f"{ref}.{3 * i}", f"{ours}.{i}.linear")
+        m.take(f"{ref}.{3 * i}.bias", f"{ours}.{i}.linear.bias")
+        m.bn(f"{ref}.{3 * i + 1}", f"{ours}.{i}.bn")
+
+
+def _meshnet_layers(m: _Mapper, prefix: str) -> None:
+    """The MeshNet trunk (descriptors, two mesh convolutions, fusion, concatenation), as named
+    by iMoonLab's code and by Jing et al.'s copy of it."""
+    _conv_mlp(m, "spatial_descriptor.spatial_mlp", f"{prefix}spatial", 2)
+    _conv_mlp(m, "structural_descriptor.FRC.rotate_mlp", f"{prefix}rotate.rotate", 2)
+    _conv_mlp(m, "structural_descriptor.FRC.fusion_mlp", f"{prefix}rotate.fusion", 2)
+    for angle in ("alpha", "beta"):  # (1, K, 4) -> (K, 4)
+        m.take(f"structural_descriptor.FKC.weight_{angle}", f"{prefix}kernel_correlation.{angle}", lambda w: w[0])
+    m.bn("structural_descriptor.FKC.bn", f"{prefix}kernel_correlation.bn")
+    _conv_mlp(m, "structural_descriptor.structural_mlp", f"{prefix}structural", 2)
+    for i in (1, 2):
+        for part in ("combination", "concat", "aggregation"):
+            _conv_mlp(m, f"mesh_conv{i}.{part}_mlp", f"{prefix}conv{i}.{part}", 1)
+    _conv_mlp(m, "fusion_mlp", f"{prefix}fusion", 1)
+    _conv_mlp(m, "concat_mlp", f"{prefix}concat", 1)
+
+
+def _meshnet_kernel_config(sd: StateDict) -> dict[str, int]:
+    return {"num_kernels": sd["structural_descriptor.FKC.weight_alpha"].shape[1]}
+
+
+def _meshnet(sd: StateDict, sigma: float = 0.2, dropout: float = 0.5, mask_ratio: float = 0.95) -> nn.Module:
+    model = MeshNetClassifier(sd["classifier.6.weight"].shape[0], sigma=sigma, dropout=dropout,
+                              mask_ratio=mask_ratio, **_meshnet_kernel_config(sd))
+    m = _Mapper(sd)
+    _meshnet_layers(m, "backbone.")
+    for ref, ours in (("classifier.0", "fc1"), ("classifier.3", "fc2"), ("classifier.6", "fc3")):
+        m.linear(ref, ours)
+    return m.load_into(model)
+
+
+def _jing_meshnet512(sd: StateDict, sigma: float = 0.2) -> nn.Module:
+    model = MeshNet(sigma=sigma, emb_dims=sd["linear1.weight"].shape[0], **_meshnet_kernel_config(sd))
+    m = _Mapper(sd)
+    _meshnet_layers(m, "")
+    m.linear("linear1", "embed.fc", bias=False)
+    m.bn("bn6", "embed.bn")
+    return m.load_into(model)
+
+
 REFERENCES: dict[str, Callable[..., nn.Module]] = {
+    "meshnet": _meshnet,
+    "jing-meshnet512": _jing_meshnet512,
     "crosspoint-dgcnn": _crosspoint_dgcnn,
     "crosspoint-dgcnn-partseg": _crosspoint_dgcnn_partseg,
     "crosspoint-pointnet": _crosspoint_pointnet,
@@ -233,8 +284,11 @@ def load_reference(name: str, state_dict: Mapping[str, Any], **config: Any) -> n
     name: one of ``REFERENCES`` ("crosspoint-dgcnn": CrossPoint's DGCNN encoder + 2048-1024-256
     projection head; "jing-dgcnn512": DGCNN + Linear(2048, 512)/BN/ReLU of Jing et al.;
     "crosspoint-dgcnn-partseg": the part-segmentation DGCNN; "crosspoint-pointnet";
-    "deepgmr-pointnet"). state_dict: tensors or numpy arrays, optionally wrapped in
-    {"state_dict": ...} and/or prefixed "module.". config: ``k`` (neighbours) for DGCNNs.
+    "deepgmr-pointnet"; "meshnet": iMoonLab's 2021 MeshNet with its classifier, called on faces
+    (B, F, 15) and neighbours (B, F, 3); "jing-meshnet512": MeshNet + Linear(1024, 512)/BN/ReLU
+    of Jing et al.). state_dict: tensors or numpy arrays, optionally wrapped in
+    {"state_dict": ...} and/or prefixed "module.". config: ``k`` (neighbours) for DGCNNs,
+    ``sigma`` for MeshNets.
     Returns the module in eval mode; calling it on points (B, N, 3) gives ``PointFeatures``.
     Its ``reference_keys`` attribute maps each of our parameter/buffer names to the reference's
     (a tuple: CrossPoint binds some BatchNorms under two names).
@@ -252,6 +306,8 @@ def load_reference(name: str, state_dict: Mapping[str, Any], **config: Any) -> n
 def detect_reference(state_dict: Mapping[str, Any]) -> str | None:
     """Guess which reference architecture a state dict comes from (None if none fits)."""
     keys = set(_as_tensors(state_dict))
+    if "structural_descriptor.FKC.weight_alpha" in keys:
+        return "meshnet" if "classifier.6.weight" in keys else "jing-meshnet512" if "linear1.weight" in keys else None
     if "transform_net.transform.weight" in keys and "conv11.weight" in keys:
         return "crosspoint-dgcnn-partseg"
     if "conv5.0.weight" in keys and "inv_head.0.weight" in keys:
