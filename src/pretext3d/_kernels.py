@@ -313,6 +313,35 @@ if AVAILABLE:
             cur = best_j
 
     @njit(parallel=True, cache=True)
+    def ball_query(points, query, radius_sq, out):  # pragma: no cover - compiled
+        """PointNet++ ball query. points: (B, N, 3), query: (B, M, 3), out: (B, M, K) int64.
+
+        Scans the points in index order and stops at K inside (d^2 < radius_sq, from coordinate
+        differences in float64); the rest is padded with the first found (0 if none).
+        """
+        nb, m, k = out.shape
+        n = points.shape[1]
+        for t in prange(nb * m):
+            b = t // m
+            q = t % m
+            qx = np.float64(query[b, q, 0])
+            qy = np.float64(query[b, q, 1])
+            qz = np.float64(query[b, q, 2])
+            found = 0
+            for j in range(n):
+                dx = np.float64(points[b, j, 0]) - qx
+                dy = np.float64(points[b, j, 1]) - qy
+                dz = np.float64(points[b, j, 2]) - qz
+                if dx * dx + dy * dy + dz * dz < radius_sq:
+                    out[b, q, found] = j
+                    found += 1
+                    if found == k:
+                        break
+            first = out[b, q, 0] if found > 0 else 0
+            for r in range(found, k):
+                out[b, q, r] = first
+
+    @njit(parallel=True, cache=True)
     def farthest_point_sample(points, starts, out):  # pragma: no cover - compiled
         """Exact FPS per cloud. points: (B, N, 3); starts: (B,) int64; out: (B, m) int64.
 

@@ -1,6 +1,6 @@
 """Pure geometric functions on tensors/arrays: sampling, FPS, kNN, normalisation, augmentations."""
 
-from pretext3d.geometry.neighbors import gather_max, gather_sum, knn, neighbour_counts, uses_fast_kernels
+from pretext3d.geometry.neighbors import ball_query, gather_max, gather_sum, knn, neighbour_counts, uses_fast_kernels
 from pretext3d.geometry.sampling import farthest_point_sample, fps_backends, mesh_to_points, sample_surface
 from pretext3d.geometry.transforms import (
     jitter,
@@ -13,6 +13,7 @@ from pretext3d.geometry.transforms import (
 )
 
 __all__ = [
+    "ball_query",
     "farthest_point_sample",
     "fps_backends",
     "gather_max",

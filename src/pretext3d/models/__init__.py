@@ -12,6 +12,7 @@ from pretext3d.models.edgeconv import EdgeConv
 from pretext3d.models.layers import EncoderWithHead, PointFeatures, ProjectionHead
 from pretext3d.models.meshnet import MeshNet, MeshNetClassifier
 from pretext3d.models.pointnet import PointNet, PointNetPointwise
+from pretext3d.models.pointnext import PointNeXt, PointNeXtSeg
 from pretext3d.models.reference import REFERENCES, detect_reference, load_reference, read_state_dict
 from pretext3d.models.resnet import ImageFeatures, ResNet, load_torchvision_weights, resnet18, resnet50
 
@@ -21,6 +22,8 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "pointnet-pointwise": PointNetPointwise,
     "dgcnn-seg": DGCNNSeg,
     "meshnet": MeshNet,
+    "pointnext": PointNeXt,
+    "pointnext-seg": PointNeXtSeg,
 }
 
 
@@ -47,6 +50,8 @@ __all__ = [
     "PointFeatures",
     "PointNet",
     "PointNetPointwise",
+    "PointNeXt",
+    "PointNeXtSeg",
     "ProjectionHead",
     "REFERENCES",
     "build_backbone",
