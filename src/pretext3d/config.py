@@ -38,7 +38,8 @@ __all__ = ["RecipeError", "load_recipe", "shipped_recipes", "RECIPES_DIR", "appl
 
 # what each method reads: images (a prepared store) and how many augmented point views
 DATA_NEEDS: dict[str, dict[str, Any]] = {"crosspoint": {"images": True, "point_views": 2},
-                                         "parae": {"images": False, "point_views": 1}}
+                                         "parae": {"images": False, "point_views": 1},
+                                         "picpoint": {"images": True, "point_views": 1}}
 METHODS = tuple(DATA_NEEDS)
 
 # how pretraining data are read and augmented (MultimodalDataset / AugmentedClouds)
@@ -205,8 +206,9 @@ def build_method(recipe: dict[str, Any]) -> nn.Module:
     """The method module with ``recipe["model"]`` as keyword arguments."""
     from pretext3d.pretext.crosspoint import CrossPoint
     from pretext3d.pretext.parae import ParAE
+    from pretext3d.pretext.picpoint import PicAtPoint
 
-    cls = {"crosspoint": CrossPoint, "parae": ParAE}[recipe["method"]]
+    cls = {"crosspoint": CrossPoint, "parae": ParAE, "picpoint": PicAtPoint}[recipe["method"]]
     try:
         return cls(**recipe["model"])
     except TypeError as err:  # an unknown or missing keyword

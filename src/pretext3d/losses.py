@@ -25,6 +25,7 @@ __all__ = [
     "gather_with_grad",
     "gmm_nll",
     "gmm_params",
+    "info_nce_with_targets",
     "info_nce",
     "nt_xent",
     "triplet_loss",
@@ -101,15 +102,34 @@ def info_nce(queries: Tensor, keys: Tensor, temperature: float = 0.07, gather_di
 
     The negatives of a query are the other keys (of the global batch with ``gather_distributed``).
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
     if queries.shape != keys.shape or queries.dim() != 2:
         raise ValueError(f"expected two (B, D) tensors of equal shape, got {tuple(queries.shape)}, {tuple(keys.shape)}")
+    return info_nce_with_targets(queries, keys, torch.arange(len(queries), device=queries.device), temperature,
+                                 gather_distributed)
+
+
+def info_nce_with_targets(queries: Tensor, keys: Tensor, targets: Tensor, temperature: float = 0.07,
+                          gather_distributed: bool = False) -> Tensor:
+    """InfoNCE of Q queries (Q, D) against K keys (K, D), the positive of query i being key
+    ``targets[i]`` (Q,) (e.g. Pic@Point: a point's image region among all regions of the batch).
+    With u = normalise(q), v = normalise(k), s_ij = u_i . v_j / t:
+
+        L = -1/Q sum_i log( exp(s_{i, targets_i}) / sum_j exp(s_ij) )
+
+    With ``gather_distributed`` the keys of every process are negatives too (targets index this
+    process's keys).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if queries.dim() != 2 or keys.dim() != 2 or queries.shape[1] != keys.shape[1] or targets.shape != queries.shape[:1]:
+        raise ValueError(f"expected queries (Q, D), keys (K, D), targets (Q,), got {tuple(queries.shape)}, "
+                         f"{tuple(keys.shape)}, {tuple(targets.shape)}")
     u, v = F.normalize(queries, dim=1), F.normalize(keys, dim=1)
     all_keys, rank = gather_with_grad(v) if gather_distributed else (v, 0)
+    if len(u) == 0:  # nothing to contrast here (other processes may have queries: the gather above still ran)
+        return all_keys.sum() * 0.0
     logits = u @ all_keys.t() / temperature
-    targets = torch.arange(len(u), device=u.device) + rank * len(u)
-    return F.cross_entropy(logits, targets)
+    return F.cross_entropy(logits, targets + rank * len(v))
 
 
 def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0) -> Tensor:

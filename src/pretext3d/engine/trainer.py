@@ -115,6 +115,19 @@ def make_optimizer(parameters, optim: OptimConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {optim.name!r}; known: adam, adamw, sgd")
 
 
+def trainable_groups(method: nn.Module) -> list[dict]:
+    """The optimiser's parameter groups: ``method.param_groups()`` when the method has one (a
+    list of {"params", "lr_scale"}: e.g. Pic@Point trains its image encoder at 1/20 of the
+    rate), else one group; parameters without gradients (frozen encoders) are left out."""
+    groups = method.param_groups() if hasattr(method, "param_groups") else [{"params": list(method.parameters())}]
+    out = []
+    for group in groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        if params:
+            out.append({**group, "params": params, "lr_scale": float(group.get("lr_scale", 1.0))})
+    return out
+
+
 def batch_indices(step: int, size: int, global_batch: int, seed: int, rank: int = 0, world: int = 1) -> tuple[int, list[int]]:
     """(epoch, this process's dataset indices) of global batch ``step``: full batches of a
     seeded permutation per epoch (the incomplete last batch is dropped, as with drop_last)."""
@@ -266,7 +279,7 @@ class Trainer:
             self.method = method
             model = nn.parallel.DistributedDataParallel(
                 method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        optimizer = make_optimizer([p for p in method.parameters() if p.requires_grad], config.optimizer)
+        optimizer = make_optimizer(trainable_groups(method), config.optimizer)
         use_amp = config.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda") if use_amp else None
         start = self._restore(method, optimizer, scaler) if resume else 0
@@ -290,7 +303,7 @@ class Trainer:
             for step, batch in enumerate(loader, start=start):
                 lr = learning_rate(step, config.optimizer, config.schedule, config.steps)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 batch = _to_device(batch, self.device)
                 with torch.autocast(self.device.type, enabled=use_amp):
                     outputs = model(batch)

@@ -55,7 +55,7 @@ class CrossPoint(nn.Module):
         self.point_head = ProjectionHead(self.backbone.global_dim, hidden_dim, projection_dim)
         self.image_encoder = IMAGE_ENCODERS[image_encoder]()
         if image_weights:
-            _load_image_weights(self.image_encoder, image_weights)
+            load_image_weights(self.image_encoder, image_weights)
         self.image_head = ProjectionHead(self.image_encoder.feature_dim, hidden_dim, projection_dim)
         self.temperature = temperature
         self.gather_distributed = gather_distributed
@@ -89,7 +89,7 @@ class CrossPoint(nn.Module):
         return self.losses(self.point_projections(batch["point_views"]), self.image_projections(batch["images"]))
 
 
-def _load_image_weights(encoder: nn.Module, path: str) -> None:
+def load_image_weights(encoder: nn.Module, path: str) -> None:
     try:
         state = read_state_dict(path)
         load_torchvision_weights(encoder, state, classifier="drop")
