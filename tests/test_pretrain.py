@@ -34,7 +34,7 @@ TINY_PARAE = [
 
 # --- recipes ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["crosspoint_dgcnn", "crosspoint_cpu", "parae", "parae_cpu", "parae_dgcnn", "picpoint_cpu"])
+@pytest.mark.parametrize("name", ["crosspoint_dgcnn", "crosspoint_cpu", "parae", "parae_cpu", "parae_dgcnn", "picpoint_cpu", "picpoint_dgcnn", "picpoint_pointnext"])
 def test_every_shipped_recipe_loads_and_builds_its_method(name):
     recipe = load_recipe(CONFIGS / f"{name}.yaml")
     method = build_method(recipe)
