@@ -29,6 +29,27 @@ def test_evaluate_linear_svm_writes_the_contract_json(tmp_path, capsys):
     assert "accuracy" in printed and "BN statistics" in printed
 
 
+def test_random_init_floor_like_a_checkpoint_takes_its_architecture(tmp_path, capsys):
+    from pretext3d.engine.checkpoint import save_backbone
+    from pretext3d.models import build_backbone
+
+    data = write_two_class_npz(tmp_path / "two.npz")
+    config = {"k": 8, "widths": [8, 8, 8, 16], "emb_dims": 24, "pooling": "max"}  # CMCV's DGCNN shape, smaller
+    checkpoint = save_backbone(tmp_path / "pretrained.safetensors", build_backbone("dgcnn", **config), "dgcnn", config)
+    out = tmp_path / "floor.json"
+    rc = main(["evaluate", "linear-svm", "--data", str(data), "--random-init", "--like", str(checkpoint), "--points", "64",
+               "--bn-calibration", "16", "--batch-size", "8", "--json", str(out), "--no-cache", "--quiet"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["backbone"] == "dgcnn" and report["backbone_config"] == config and report["feature_dim"] == 24
+    capsys.readouterr()
+    assert main(["evaluate", "linear-svm", "--data", str(data), "--checkpoint", str(checkpoint), "--like", str(checkpoint)])
+    assert "--like goes with --random-init" in capsys.readouterr().err
+    assert main(["evaluate", "linear-svm", "--data", str(data), "--random-init", "--like", str(checkpoint),
+                 "--backbone", "pointnet"])
+    assert "holds a dgcnn backbone, not a pointnet" in capsys.readouterr().err
+
+
 def test_evaluate_with_checkpoint(tmp_path):
     import torch
 

@@ -18,7 +18,7 @@ import pretext3d
 from pretext3d.engine.checkpoint import CheckpointError, load_backbone
 from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig, Trainer, batch_indices, learning_rate
 from pretext3d.pretext.parae import ParAE
-from tests.tests_helpers import free_port
+from tests.tests_helpers import Interrupt, dies_at_call, free_port
 
 TINY = {"encoder_widths": (16, 32), "decoder_widths": (32,)}
 
@@ -83,26 +83,12 @@ def test_parae_trains_and_exports_a_loadable_backbone(clouds, tmp_path):
     assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").iterdir())] == ["step-0000020", "step-0000040"]
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def test_interrupted_run_resumes_to_identical_weights(clouds, tmp_path):
     Trainer(parae(), clouds, config(), tmp_path / "whole", log=lambda m: None).fit()
     whole = load_file(str(tmp_path / "whole" / "checkpoints" / "step-0000006" / "model.safetensors"))
 
-    broken = parae()
-    calls = {"n": 0}
-    original = broken.forward
-
-    def dies_at_step_five(batch):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise _Interrupt  # as if killed after the checkpoint of step 4
-        return original(batch)
-
-    broken.forward = dies_at_step_five
-    with pytest.raises(_Interrupt):
+    broken = dies_at_call(parae(), 5)  # as if killed after the checkpoint of step 4
+    with pytest.raises(Interrupt):
         Trainer(broken, clouds, config(), tmp_path / "cut", log=lambda m: None).fit()
     assert (tmp_path / "cut" / "checkpoints" / "step-0000004").exists()
     torch.manual_seed(123)  # a different state: everything must come from the checkpoint

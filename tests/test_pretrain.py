@@ -34,12 +34,30 @@ TINY_PARAE = [
 
 # --- recipes ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["crosspoint_dgcnn", "crosspoint_cpu", "parae", "parae_cpu", "parae_dgcnn", "picpoint_cpu", "picpoint_dgcnn", "picpoint_pointnext"])
+SHIPPED = ["crosspoint_dgcnn", "crosspoint_cpu", "parae", "parae_cpu", "parae_dgcnn", "picpoint_cpu", "picpoint_dgcnn",
+           "picpoint_pointnext", "cmcv", "cmcv_cpu", "mims", "mims_cpu", "compose_cpu"]
+
+
+def test_the_list_of_shipped_recipes_is_complete():
+    assert sorted(SHIPPED) == sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_recipe_loads_and_builds_its_method(name):
     recipe = load_recipe(CONFIGS / f"{name}.yaml")
     method = build_method(recipe)
     assert method.backbone_name == recipe["model"]["backbone"]
     assert hasattr(method.backbone, "global_dim")
+
+
+def test_paper_recipe_of_cmcv_has_the_published_settings():
+    recipe = load_recipe(CONFIGS / "cmcv.yaml")
+    assert recipe["optimizer"] == {**recipe["optimizer"], "name": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4}
+    assert recipe["schedule"]["name"] == "step" and (recipe["schedule"]["step_size"], recipe["schedule"]["gamma"]) == (40000, 0.1)
+    assert recipe["batch_size"] == 32 and recipe["model"]["image_encoder"] == "resnet18"
+    assert recipe["model"]["backbone_config"]["widths"] == [64, 64, 64, 128] and recipe["model"]["backbone_config"]["emb_dims"] == 512
+    augment = recipe["data_options"]["augment"]
+    assert augment["rotate"] and augment["jitter_sigma"] == 0.02 and augment["scale"] == [1.0, 1.0] and augment["translate"] == 0
 
 
 def test_paper_recipe_of_crosspoint_has_the_published_settings():

@@ -88,3 +88,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Interrupt(Exception):
+    """Raised by ``dies_at_call``: a run killed mid-way."""
+
+
+def dies_at_call(method, call: int):
+    """Make ``method``'s forward raise Interrupt on its ``call``-th call (1-based), as if the
+    process were killed after the checkpoint before that step; returns the method."""
+    calls = {"n": 0}
+    original = method.forward
+
+    def forward(batch):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Interrupt
+        return original(batch)
+
+    method.forward = forward
+    return method

@@ -56,6 +56,8 @@ def _add_linear_svm(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bn-calibration", type=_at_least(2), default=2048, metavar="N", help="training clouds for BN calibration with --random-init")
     p.add_argument("--k", type=_at_least(1), default=20, help="DGCNN neighbours (default 20)")
     p.add_argument("--emb-dims", type=_at_least(1), default=1024, help="backbone embedding width for --random-init (default 1024)")
+    p.add_argument("--like", metavar="CHECKPOINT", help="with --random-init: the architecture (backbone and config) of this "
+                   "pretext3d checkpoint or run folder, with random weights: the floor of a pretrained backbone")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=_at_least(0), default=0, help="data-loading processes (useful for mesh folders)")
     p.add_argument("--cache-dir", help="feature cache (default ~/.cache/pretext3d/features or $PRETEXT3D_CACHE)")
@@ -66,20 +68,28 @@ def _add_linear_svm(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_linear_svm(args: argparse.Namespace) -> int:
+    from pretext3d.engine.checkpoint import checkpoint_architecture
     from pretext3d.eval.linear_svm import DEFAULT_C_GRID
     from pretext3d.eval.protocols import LinearSVMConfig, run_linear_svm
     from pretext3d.utils.io import atomic_write_json
 
+    if args.like and not args.random_init:
+        raise ValueError("--like goes with --random-init (a checkpoint's architecture, random weights)")
+    backbone, random_config = args.backbone, None
+    if args.like:
+        backbone, random_config = checkpoint_architecture(args.like)
+        if args.backbone and args.backbone != backbone:
+            raise ValueError(f"{args.like}: holds a {backbone} backbone, not a {args.backbone}")
+    elif args.random_init and args.backbone not in ("pointnet", "dgcnn"):
+        raise ValueError("--random-init needs --backbone pointnet or dgcnn (or --like CHECKPOINT)")
     cfg = LinearSVMConfig(
-        data=args.data, backbone=args.backbone, checkpoint=args.checkpoint, random_init=args.random_init,
+        data=args.data, backbone=backbone, checkpoint=args.checkpoint, random_init=args.random_init,
         num_points=args.points, subsample=args.subsample, subset=args.subset, seeds=args.seeds, C=args.C,
         C_grid=tuple(args.C_grid or DEFAULT_C_GRID), folds=args.folds, svm=args.svm, standardize=args.standardize,
         batch_size=args.batch_size, bn_calibration_clouds=args.bn_calibration, k=args.k, emb_dims=args.emb_dims,
-        device=args.device, num_workers=args.workers, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-        progress=not args.quiet,
+        random_config=random_config, device=args.device, num_workers=args.workers, cache_dir=args.cache_dir,
+        use_cache=not args.no_cache, progress=not args.quiet,
     )
-    if args.random_init and args.backbone not in ("pointnet", "dgcnn"):
-        raise ValueError("--random-init needs --backbone pointnet or dgcnn")
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     report = run_linear_svm(cfg, log=log)
     print(format_linear_svm(report))

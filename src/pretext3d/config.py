@@ -2,7 +2,7 @@
 
 A recipe names a method and its settings, the data and the trainer's settings::
 
-    method: crosspoint            # crosspoint | parae
+    method: crosspoint            # crosspoint | parae | picpoint | cmcv | mims | compose
     model: {backbone: dgcnn, backbone_config: {k: 15}, image_encoder: resnet50}
     data: /path/to/store          # absent or null: the built-in shapes
     data_options: {points: 2048, image_size: 224, ...}
@@ -34,13 +34,35 @@ from torch.utils.data import Dataset
 from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig
 
 __all__ = ["RecipeError", "load_recipe", "shipped_recipes", "RECIPES_DIR", "apply_overrides", "build_method", "build_dataset", "train_config",
-           "METHODS", "DATA_NEEDS", "DEFAULT_DATA_OPTIONS"]
+           "METHODS", "DATA_NEEDS", "DEFAULT_DATA_OPTIONS", "data_needs"]
 
-# what each method reads: images (a prepared store) and how many augmented point views
-DATA_NEEDS: dict[str, dict[str, Any]] = {"crosspoint": {"images": True, "point_views": 2},
-                                         "parae": {"images": False, "point_views": 1},
-                                         "picpoint": {"images": True, "point_views": 1}}
-METHODS = tuple(DATA_NEEDS)
+# what each method reads: images and meshes (a prepared store), how many augmented point views
+# and how many rendered views per object (MIMS: as its modalities say; compose: its tasks' union)
+DATA_NEEDS: dict[str, dict[str, Any]] = {
+    "crosspoint": {"images": True, "point_views": 2, "views": 1, "mesh": False},
+    "parae": {"images": False, "point_views": 1, "views": 1, "mesh": False},
+    "picpoint": {"images": True, "point_views": 1, "views": 1, "mesh": False},
+    "cmcv": {"images": True, "point_views": 1, "views": 2, "mesh": False},
+    "mims": {"images": True, "point_views": 2, "views": 2, "mesh": True},
+}
+METHODS = (*DATA_NEEDS, "compose")
+
+
+def data_needs(method: str, model: dict[str, Any]) -> dict[str, Any]:
+    """What the training data must hold for ``method`` built with ``model`` settings."""
+    if method == "compose":
+        tasks = model.get("tasks") or {}
+        if not isinstance(tasks, dict) or not tasks:
+            raise RecipeError("method compose needs model.tasks: {method name: settings, ...}")
+        parts = [data_needs(name, dict(spec or {})) for name, spec in tasks.items() if name in DATA_NEEDS]
+        return {"images": any(p["images"] for p in parts), "mesh": any(p["mesh"] for p in parts),
+                "point_views": max(p["point_views"] for p in parts), "views": max(p["views"] for p in parts)}
+    needs = dict(DATA_NEEDS[method])
+    if method == "mims":
+        modalities = model.get("modalities") or ("image", "points", "mesh")
+        needs.update(images="image" in modalities, views=2 if "image" in modalities else 1,
+                     point_views=2 if "points" in modalities else 1, mesh="mesh" in modalities)
+    return needs
 
 # how pretraining data are read and augmented (MultimodalDataset / AugmentedClouds)
 DEFAULT_DATA_OPTIONS: dict[str, Any] = {
@@ -204,11 +226,9 @@ def train_config(recipe: dict[str, Any], dataset_size: int) -> TrainConfig:
 
 def build_method(recipe: dict[str, Any]) -> nn.Module:
     """The method module with ``recipe["model"]`` as keyword arguments."""
-    from pretext3d.pretext.crosspoint import CrossPoint
-    from pretext3d.pretext.parae import ParAE
-    from pretext3d.pretext.picpoint import PicAtPoint
+    from pretext3d.pretext.compose import Composed, task_classes
 
-    cls = {"crosspoint": CrossPoint, "parae": ParAE, "picpoint": PicAtPoint}[recipe["method"]]
+    cls = {**task_classes(), "compose": Composed}[recipe["method"]]
     try:
         return cls(**recipe["model"])
     except TypeError as err:  # an unknown or missing keyword
@@ -218,7 +238,8 @@ def build_method(recipe: dict[str, Any]) -> nn.Module:
 def build_dataset(recipe: dict[str, Any], work_dir: Path, log=print, prepare_store: bool = True) -> Dataset:
     """The training split as the method needs it.
 
-    A prepared store (a folder with store.json) gives points and images (MultimodalDataset);
+    A prepared store (a folder with store.json) gives points, images and meshes as the method
+    needs them (MultimodalDataset);
     any other dataset ``open_splits`` reads gives points only (AugmentedClouds). Without
     ``data``, the built-in shapes: read directly, or, for methods with images, prepared once
     into ``work_dir/builtin-store`` with ``data_options.builtin_store`` settings
@@ -231,24 +252,38 @@ def build_dataset(recipe: dict[str, Any], work_dir: Path, log=print, prepare_sto
     options = recipe["data_options"]
     augment = _options_as(PointAugment, options["augment"])
     image_augment = _options_as(ImageAugment, options["image_augment"])
-    needs = DATA_NEEDS[recipe["method"]]
+    needs = data_needs(recipe["method"], recipe["model"])
+    store_needed = needs["images"] or needs["mesh"]
     data = recipe["data"]
     builtin = builtin_spec(**options["builtin"])
-    if data is None and needs["images"]:
+    if data is None and store_needed:
         store = work_dir / "builtin-store"
         data = str(_builtin_store(builtin, options, store, log) if prepare_store else store)
     if data is not None and (Path(data) / "store.json").is_file():
+        if needs["mesh"] and _store_kind(Path(data)) != "mesh":
+            raise RecipeError(f"{data}: {recipe['method']} needs meshes, but this store was prepared from point clouds")
         return MultimodalDataset(
             data, split="train", num_points=options["points"], image_size=options["image_size"],
-            point_augment=augment, image_augment=image_augment,
-            modalities=("points", "images") if needs["images"] else ("points",),
+            point_augment=augment, image_augment=image_augment, views_per_sample=needs["views"],
+            modalities=("points", *(("images",) if needs["images"] else ()), *(("mesh",) if needs["mesh"] else ())),
             seed=recipe["seed"], point_views=needs["point_views"])
-    if needs["images"]:
-        raise RecipeError(f"{data}: {recipe['method']} needs images: give a store made by `pretext3d prepare`")
+    if store_needed:
+        raise RecipeError(f"{data}: {recipe['method']} needs {'images' if needs['images'] else 'meshes'}: "
+                          f"give a store made by `pretext3d prepare`")
     from pretext3d.data import open_splits
 
     clouds = open_splits(data or builtin, options["points"], seed=recipe["seed"])["train"]
     return AugmentedClouds(clouds, augment, needs["point_views"], recipe["seed"])
+
+
+def _store_kind(root: Path) -> str | None:
+    """"mesh" or "points": what the store was prepared from (store.json's "kind")."""
+    import json
+
+    try:
+        return json.loads((root / "store.json").read_text()).get("kind")
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"{root / 'store.json'}: cannot be read ({err})") from None
 
 
 def _options_as(cls: type, options: dict[str, Any]) -> Any:

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from pretext3d.models import REFERENCES, build_backbone, detect_reference, load_reference, read_state_dict
 from pretext3d.utils.io import atomic_path
 
 __all__ = ["CheckpointError", "LoadedBackbone", "save_backbone", "load_backbone", "resolve_checkpoint", "FORMAT",
-           "REFERENCE_BACKBONES"]
+           "REFERENCE_BACKBONES", "unique_state_dict", "load_unique_state_dict", "checkpoint_architecture"]
 
 FORMAT = "pretext3d-backbone/1"
 
@@ -51,6 +51,34 @@ def save_backbone(path: str | Path, model: nn.Module, backbone: str, config: dic
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return path
+
+
+def _aliases(model: nn.Module) -> dict[str, str]:
+    """State-dict names that hold the same tensor as an earlier name -> that first name (a
+    module shared by several parents, as in a composed recipe, appears once per parent)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        aliases.update({name: first[id(tensor)]} if id(tensor) in first else {})
+        first.setdefault(id(tensor), name)
+    return aliases
+
+
+def unique_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` with each shared tensor once, under its first name (safetensors
+    stores no aliased tensors), detached, on the CPU, contiguous."""
+    aliases = _aliases(model)
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in aliases}
+
+
+def load_unique_state_dict(model: nn.Module, tensors: dict[str, Tensor]) -> None:
+    """Inverse of ``unique_state_dict``: every alias is filled from its first name; strict."""
+    aliases = _aliases(model)
+    names = [k for k in model.state_dict() if k not in aliases]
+    if set(names) != set(tensors):
+        missing, unexpected = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
+        raise CheckpointError(f"the checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.load_state_dict({k: tensors[aliases.get(k, k)] for k in model.state_dict()})
 
 
 # our registry name for the module each reference architecture loads as
@@ -114,15 +142,34 @@ def load_backbone(path: str | Path, expected: str | None = None, **reference_con
     return LoadedBackbone(model, name, config, reference)
 
 
+def checkpoint_architecture(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """(registry name, config) of the backbone a pretext3d checkpoint (file or run folder) holds,
+    read from its metadata alone (e.g. to build the same network with random weights)."""
+    from safetensors import safe_open
+
+    path = resolve_checkpoint(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types (and OSError) for unusable files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a pretext3d backbone checkpoint (no {FORMAT} metadata)")
+    name, config, _ = _parse_metadata(path, metadata)
+    return name, config
+
+
+def _parse_metadata(path: Path, metadata: dict[str, str]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    try:
+        return metadata["backbone"], json.loads(metadata.get("config", "{}")), json.loads(metadata.get("extra", "{}"))
+    except (KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: damaged pretext3d metadata ({type(err).__name__}: {err})") from None
+
+
 def _load_ours(path: Path, metadata: dict[str, str], expected: str | None) -> LoadedBackbone:
     from safetensors.torch import load_file
 
-    try:
-        name = metadata["backbone"]
-        config = json.loads(metadata.get("config", "{}"))
-        extra = json.loads(metadata.get("extra", "{}"))
-    except (KeyError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: damaged pretext3d metadata ({type(err).__name__}: {err})") from None
+    name, config, extra = _parse_metadata(path, metadata)
     if expected is not None and expected != name:
         raise CheckpointError(f"{path}: holds a {name} backbone, not a {expected}")
     try:

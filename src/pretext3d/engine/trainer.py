@@ -1,7 +1,8 @@
 """The one training loop every pretext method uses.
 
 A method is an ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar, <part>: scalar,
-...}`` and which exposes ``backbone`` (the network to export), ``backbone_name`` and
+...}`` (parts keep their graph, so a composed recipe can weight them; they are logged detached)
+and which exposes ``backbone`` (the network to export), ``backbone_name`` and
 ``backbone_config`` (how to rebuild it). The trainer owns the rest:
 
 * optimiser (Adam / AdamW / SGD) and a learning rate that is a pure function of the step
@@ -39,7 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pretext3d.engine.checkpoint import save_backbone
+from pretext3d.engine.checkpoint import load_unique_state_dict, save_backbone, unique_state_dict
 from pretext3d.engine.sync_bn import convert_batchnorm
 from pretext3d.utils.device import init_distributed, rank_and_world, resolve_device
 from pretext3d.utils.io import atomic_write_json, atomic_write_text
@@ -236,7 +237,8 @@ class Trainer:
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        # a tensor shared by several modules (a composed recipe shares its encoders) is stored once
+        save_file(unique_state_dict(model), str(tmp / "model.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                     "rng": _rng_state()}, tmp / "state.pt")
         atomic_write_json(tmp / "trainer.json", {"format": CHECKPOINT_FORMAT, "step": step,
@@ -254,7 +256,7 @@ class Trainer:
         if not checkpoints:
             return 0
         latest = checkpoints[-1]
-        model.load_state_dict(load_file(str(latest / "model.safetensors"), device=str(self.device)))
+        load_unique_state_dict(model, load_file(str(latest / "model.safetensors"), device=str(self.device)))
         state = torch.load(latest / "state.pt", map_location=self.device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state["scaler"] is not None:

@@ -48,6 +48,7 @@ class LinearSVMConfig:
     bn_calibration_clouds: int = 2048
     k: int = 20
     emb_dims: int = 1024
+    random_config: dict[str, Any] | None = None  # random init with this config (e.g. a checkpoint's) instead of k/emb_dims
     device: str = "auto"
     num_workers: int = 0
     cache_dir: str | None = None
@@ -64,10 +65,16 @@ def backbone_config(name: str, k: int = 20, emb_dims: int = 1024) -> dict[str, A
     raise ValueError(f"the linear-SVM protocol supports backbones pointnet and dgcnn, not {name!r}")
 
 
+def _random_config(cfg: LinearSVMConfig) -> dict[str, Any]:
+    if cfg.random_config is not None:
+        return dict(cfg.random_config)
+    return backbone_config(cfg.backbone, cfg.k, cfg.emb_dims)
+
+
 def _weights_id(cfg: LinearSVMConfig, seed: int, checkpoint_digest: str | None) -> dict[str, Any]:
     if cfg.checkpoint:
         return {"checkpoint": checkpoint_digest, "backbone": cfg.backbone, "k": cfg.k}
-    return {"random_init": backbone_config(cfg.backbone, cfg.k, cfg.emb_dims), "backbone": cfg.backbone,
+    return {"random_init": _random_config(cfg), "backbone": cfg.backbone,
             "init_seed": seed, "bn_clouds": cfg.bn_calibration_clouds, "bn_batch": cfg.batch_size}
 
 
@@ -137,7 +144,7 @@ def _build_model(cfg: LinearSVMConfig, seed: int) -> tuple[torch.nn.Module, dict
         loaded = load_backbone(cfg.checkpoint, expected=cfg.backbone, k=cfg.k)
         return loaded.model, {"source": loaded.source, "config": loaded.config, "backbone": loaded.backbone}
     torch.manual_seed(seed)
-    config = backbone_config(cfg.backbone, cfg.k, cfg.emb_dims)
+    config = _random_config(cfg)
     return build_backbone(cfg.backbone, **config), {"source": "random-init", "config": config}
 
 

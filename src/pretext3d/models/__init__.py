@@ -34,7 +34,21 @@ def build_backbone(name: str, **config: Any) -> nn.Module:
     return BACKBONES[name](**config)
 
 
+def backbone_module(backbone: str | nn.Module, config: dict[str, Any] | None = None) -> nn.Module:
+    """The module itself when given one (an encoder shared with other methods in a composed
+    recipe), else ``build_backbone(backbone, **config)``."""
+    return backbone if isinstance(backbone, nn.Module) else build_backbone(backbone, **(config or {}))
+
+
+def backbone_label(backbone: str | nn.Module) -> str:
+    """A backbone's registry name, or its class name for a module passed in (a shared encoder:
+    the composed method, not the task, exports it)."""
+    return backbone if isinstance(backbone, str) else type(backbone).__name__
+
+
 __all__ = [
+    "backbone_label",
+    "backbone_module",
     "ImageFeatures",
     "ResNet",
     "load_torchvision_weights",

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d.losses import nt_xent
-from pretext3d.models import ProjectionHead, build_backbone, load_torchvision_weights, read_state_dict, resnet18, resnet50
+from pretext3d.models import ProjectionHead, backbone_label, backbone_module, load_torchvision_weights, read_state_dict, resnet18, resnet50
 
-__all__ = ["CrossPoint", "IMAGE_ENCODERS"]
+__all__ = ["CrossPoint", "IMAGE_ENCODERS", "image_encoder_module", "load_image_weights"]
 
 IMAGE_ENCODERS = {"resnet18": resnet18, "resnet50": resnet50}
 # their decoders would hold parameters without gradients (DDP needs every parameter used)
@@ -38,24 +38,21 @@ class CrossPoint(nn.Module):
     backbone / backbone_config: the point network (registry name and kwargs); image_encoder:
     resnet18 | resnet50; image_weights: optional torchvision ResNet weights on disk (.pth/.pt read
     with weights_only=True, or .safetensors) to start the image encoder from (its fc is dropped);
-    gather_distributed: under torchrun, negatives span the global batch.
+    gather_distributed: under torchrun, negatives span the global batch. backbone and
+    image_encoder may also be modules (encoders shared in a composed recipe).
     """
 
-    def __init__(self, backbone: str = "dgcnn", backbone_config: dict[str, Any] | None = None,
-                 image_encoder: str = "resnet50", projection_dim: int = 256, hidden_dim: int = 512,
+    def __init__(self, backbone: str | nn.Module = "dgcnn", backbone_config: dict[str, Any] | None = None,
+                 image_encoder: str | nn.Module = "resnet50", projection_dim: int = 256, hidden_dim: int = 512,
                  temperature: float = 0.1, gather_distributed: bool = True, image_weights: str | None = None):
         super().__init__()
-        if image_encoder not in IMAGE_ENCODERS:
-            raise ValueError(f"unknown image_encoder {image_encoder!r}; known: {', '.join(IMAGE_ENCODERS)}")
         if backbone in POINTWISE_BACKBONES:
             raise ValueError(f"CrossPoint contrasts global features: use pointnet or dgcnn, not the point-wise {backbone!r}")
-        self.backbone_name = backbone
+        self.backbone_name = backbone_label(backbone)
         self.backbone_config = dict(backbone_config or {})
-        self.backbone = build_backbone(backbone, **self.backbone_config)
+        self.backbone = backbone_module(backbone, self.backbone_config)
         self.point_head = ProjectionHead(self.backbone.global_dim, hidden_dim, projection_dim)
-        self.image_encoder = IMAGE_ENCODERS[image_encoder]()
-        if image_weights:
-            load_image_weights(self.image_encoder, image_weights)
+        self.image_encoder = image_encoder_module(image_encoder, image_weights)
         self.image_head = ProjectionHead(self.image_encoder.feature_dim, hidden_dim, projection_dim)
         self.temperature = temperature
         self.gather_distributed = gather_distributed
@@ -81,12 +78,25 @@ class CrossPoint(nn.Module):
         first, second = point_projection[:half], point_projection[half:]
         imid = nt_xent(first, second, self.temperature, self.gather_distributed)
         cmid = nt_xent((first + second) / 2, image_projection, self.temperature, self.gather_distributed)
-        return {"loss": imid + cmid, "imid": imid.detach(), "cmid": cmid.detach()}
+        return {"loss": imid + cmid, "imid": imid, "cmid": cmid}
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if "point_views" not in batch or "images" not in batch:
             raise ValueError("CrossPoint needs batches with point_views and images (a prepared store, point_views=2)")
         return self.losses(self.point_projections(batch["point_views"]), self.image_projections(batch["images"]))
+
+
+def image_encoder_module(image_encoder: str | nn.Module, weights: str | None = None, frozen: bool = False) -> nn.Module:
+    """A ResNet by name (IMAGE_ENCODERS), started from torchvision ``weights`` when given, or
+    the module itself when given one (shared with other methods)."""
+    if isinstance(image_encoder, nn.Module):
+        return image_encoder
+    if image_encoder not in IMAGE_ENCODERS:
+        raise ValueError(f"unknown image_encoder {image_encoder!r}; known: {', '.join(IMAGE_ENCODERS)}")
+    encoder = IMAGE_ENCODERS[image_encoder](frozen=frozen)
+    if weights:
+        load_image_weights(encoder, weights)
+    return encoder
 
 
 def load_image_weights(encoder: nn.Module, path: str) -> None:

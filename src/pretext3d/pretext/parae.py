@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d.losses import GMMNLLLoss
-from pretext3d.models import build_backbone
+from pretext3d.models import backbone_label, backbone_module
 
 __all__ = ["ParAE"]
 
@@ -22,16 +22,17 @@ __all__ = ["ParAE"]
 class ParAE(nn.Module):
     """batch["points"]: (B, N, 3) -> {"loss", "nll"}.
 
-    backbone: a point-wise registry name ("pointnet-pointwise", ...); partitions: J;
+    backbone: a point-wise registry name ("pointnet-pointwise", ...) or module (shared in a
+    composed recipe; its point-wise outputs must number J); partitions: J;
     ridge: added to every covariance (stability of thin or empty partitions).
     """
 
-    def __init__(self, backbone: str = "pointnet-pointwise", partitions: int = 32, ridge: float = 1e-4,
+    def __init__(self, backbone: str | nn.Module = "pointnet-pointwise", partitions: int = 32, ridge: float = 1e-4,
                  backbone_config: dict[str, Any] | None = None):
         super().__init__()
-        self.backbone_name = backbone
+        self.backbone_name = backbone_label(backbone)
         self.backbone_config = {"num_outputs": partitions, **(backbone_config or {})}
-        self.backbone = build_backbone(backbone, **self.backbone_config)
+        self.backbone = backbone_module(backbone, self.backbone_config)
         self.criterion = GMMNLLLoss(ridge)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -41,4 +42,4 @@ class ParAE(nn.Module):
             raise ValueError(f"backbone {self.backbone_name!r} has no point-wise outputs; ParAE needs one")
         with torch.autocast(points.device.type, enabled=False):  # the GMM fit needs float32 (Cholesky)
             nll = self.criterion(points.float(), logits.float())
-        return {"loss": nll, "nll": nll.detach()}
+        return {"loss": nll, "nll": nll}

@@ -47,9 +47,9 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d.losses import info_nce, info_nce_with_targets
-from pretext3d.models import ProjectionHead, build_backbone
+from pretext3d.models import ProjectionHead, backbone_label, backbone_module
 from pretext3d.models.layers import PointwiseBlock
-from pretext3d.pretext.crosspoint import IMAGE_ENCODERS, load_image_weights
+from pretext3d.pretext.crosspoint import image_encoder_module
 
 __all__ = ["PicAtPoint", "RegionAssignment", "project_to_pixels", "project_to_regions", "visible_points"]
 
@@ -133,24 +133,21 @@ def pick_usable(usable: Tensor, count: int, generator: torch.Generator | None = 
 class PicAtPoint(nn.Module):
     """batch["points"] (B, N, 3) (+ "normals" with use_normals), batch["images"] (B, k, C, S, S),
     batch["view"], batch["proj"] (B, k, 4, 4) (the first view is used) -> {"loss", "local",
-    "global", "usable"} (usable: mean fraction of local centres that have a region)."""
+    "global", "usable"} (usable: mean fraction of local centres that have a region).
+    backbone and image_encoder may also be modules (encoders shared in a composed recipe)."""
 
-    def __init__(self, backbone: str = "dgcnn", backbone_config: dict[str, Any] | None = None,
-                 image_encoder: str = "resnet18", image_weights: str | None = None, embed_dim: int = 512,
+    def __init__(self, backbone: str | nn.Module = "dgcnn", backbone_config: dict[str, Any] | None = None,
+                 image_encoder: str | nn.Module = "resnet18", image_weights: str | None = None, embed_dim: int = 512,
                  pose_dim: int = 64, temperature: float = 0.07, local_samples: int = 256, image_lr_scale: float = 0.05,
                  use_normals: bool = False, occlusion_cells: int = 28, occlusion_tolerance: float = 0.1,
                  gather_distributed: bool = True):
         super().__init__()
-        if image_encoder not in IMAGE_ENCODERS:
-            raise ValueError(f"unknown image_encoder {image_encoder!r}; known: {', '.join(IMAGE_ENCODERS)}")
         config = dict(backbone_config or {})
         if use_normals:
             config.setdefault("in_channels", 6)
-        self.backbone_name, self.backbone_config = backbone, config
-        self.backbone = build_backbone(backbone, **config)
-        self.image_encoder = IMAGE_ENCODERS[image_encoder](frozen=bool(image_weights))
-        if image_weights:
-            load_image_weights(self.image_encoder, image_weights)
+        self.backbone_name, self.backbone_config = backbone_label(backbone), config
+        self.backbone = backbone_module(backbone, config)
+        self.image_encoder = image_encoder_module(image_encoder, image_weights, frozen=bool(image_weights))
         local_dim = _local_width(self.backbone)
         self.point_global = ProjectionHead(self.backbone.global_dim, embed_dim, embed_dim)
         self.image_global = ProjectionHead(self.image_encoder.feature_dim, embed_dim, embed_dim)
@@ -185,7 +182,7 @@ class PicAtPoint(nn.Module):
                                      cloud=points, occlusion_cells=self.occlusion[0], occlusion_tolerance=self.occlusion[1])
         keys = self.image_local(picture.local).flatten(2).transpose(1, 2)  # (B, G*G, d)
         local_loss = self._local_loss(cloud.local, view, regions, keys)
-        return {"loss": local_loss + global_loss, "local": local_loss.detach(), "global": global_loss.detach(),
+        return {"loss": local_loss + global_loss, "local": local_loss, "global": global_loss,
                 "usable": regions.usable.float().mean()}
 
     def _local_loss(self, local: Tensor, view: Tensor, regions: RegionAssignment, keys: Tensor) -> Tensor:

@@ -1,0 +1,188 @@
+"""Modality-invariant and modality-specific learning over image, point cloud and mesh (MIMS).
+
+Each modality m (any non-empty subset of image, points, mesh) has an encoder E_m (ResNet-18,
+DGCNN, MeshNet) and two parallel projection heads (Linear -> BatchNorm -> ReLU -> Linear): the
+invariant head gives H_I^m = g_I^m(E_m(x_m)), the specific head H_S^m = g_S^m(E_m(x_m)). Every
+modality is seen under two augmentations a in {1, 2}. With NT-Xent at temperature t
+(``losses.nt_xent``) and the batch-normalised form N(H) (subtract the batch mean of every
+column, then scale every row to unit L2 norm):
+
+    L_I = 1/2 sum_a sum_{m < m'} NT-Xent(H_I^{m,a}, H_I^{m',a})     (every modality pair)
+    L_S = sum_m NT-Xent(H_S^{m,1}, H_S^{m,2})                         (two augmentations)
+    L_O = sum_m |N(H_I^m)^T N(H_S^m)|_F^2 + sum_{m < m'} |N(H_S^m)^T N(H_S^{m'})|_F^2
+    L   = alpha L_I + beta L_S + lambda L_O
+
+N is the normalisation of Domain Separation Networks' difference loss (centre each feature
+over the batch, unit-length rows). |N(A)^T N(B)|_F^2 = sum_{i,j} (a_i . a_j)(b_i . b_j) over row
+pairs is about the number of rows at initialisation and 0 when the two heads span orthogonal
+feature subspaces over the batch; hence the small default lambda = 0.01 (our choice).
+In L_O the rows of both augmentations are stacked ((2B, P) per modality; row b of one modality
+and row b of another are the same object). With a single modality L_I and the cross-modal part
+of L_O are zero.
+
+The two augmentations of each modality: points, two independent point augmentations
+(``point_views``); images, two different rendered views with their own crop, flip and colour
+jitter; meshes, MeshNet's training augmentation, a jitter of the face centres (sigma 0.01,
+clipped at 0.05) drawn anew for each augmentation, plus MeshNet's face masking (``mask_ratio``
+of the faces left out of the max-pool, a new draw per pass).
+
+The exported backbone is the point encoder (else the mesh encoder); ``fused_features`` gives
+the evaluation feature of several modalities (their encoders' global features, concatenated).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pretext3d.losses import nt_xent
+from pretext3d.models import ProjectionHead, backbone_label, backbone_module, build_backbone
+from pretext3d.pretext.crosspoint import image_encoder_module
+
+__all__ = ["MIMS", "MODALITIES", "batch_normalized", "mesh_inputs", "orthogonality", "jitter_mesh_centres"]
+
+MODALITIES = ("image", "points", "mesh")
+
+
+def mesh_inputs(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """MeshNet's inputs from a MultimodalDataset batch: mesh_centers (B, 3, F), mesh_corners
+    (B, 9, F), mesh_normals (B, 3, F), mesh_neighbors (B, F, 3) -> faces (B, F, 15) = centre |
+    corners - centre | normal, neighbours (B, F, 3)."""
+    for key in ("mesh_centers", "mesh_corners", "mesh_normals", "mesh_neighbors"):
+        if key not in batch:
+            raise ValueError(f"mesh features need {key!r} in the batch (a prepared store with meshes)")
+    faces = torch.cat([batch["mesh_centers"], batch["mesh_corners"], batch["mesh_normals"]], dim=1).transpose(1, 2)
+    return faces.contiguous(), batch["mesh_neighbors"]
+
+
+def jitter_mesh_centres(faces: Tensor, sigma: float = 0.01, clip: float = 0.05) -> Tensor:
+    """faces (B, F, 15) with every face centre moved by clip(N(0, sigma^2), -clip, clip) per
+    coordinate (corners are stored relative to the centre, so the face moves rigidly)."""
+    if sigma <= 0:
+        return faces
+    noise = (torch.randn_like(faces[..., :3]) * sigma).clamp(-clip, clip)
+    return torch.cat([faces[..., :3] + noise, faces[..., 3:]], dim=-1)
+
+
+def batch_normalized(h: Tensor) -> Tensor:
+    """h: (B, P) -> rows of (h - column means) scaled to unit L2 norm."""
+    return F.normalize(h - h.mean(dim=0, keepdim=True), dim=1)
+
+
+def orthogonality(a: Tensor, b: Tensor) -> Tensor:
+    """|N(a)^T N(b)|_F^2 for a, b: (B, P) (``batch_normalized``): 0 when every column of one is
+    orthogonal to every column of the other over the batch."""
+    return (batch_normalized(a).transpose(0, 1) @ batch_normalized(b)).square().sum()
+
+
+class MIMS(nn.Module):
+    """A batch of a prepared store -> {"loss", "invariant", "specific", "orthogonal"}.
+
+    Needs, per chosen modality: points, point_views (B, 2, N, 3); image, images (B, 2, C, S, S);
+    mesh, the mesh features (``mesh_inputs``).
+
+    modalities: a non-empty subset of ("image", "points", "mesh"); backbone / backbone_config: the
+    point encoder; image_encoder / image_weights: the image encoder (torchvision weights on disk
+    optional); mesh_config: MeshNet's kwargs (emb_dims, mask_ratio, ...); projection_dim,
+    hidden_dim: the heads; alpha, beta, ortho_weight (lambda): the loss weights. backbone and
+    image_encoder may also be modules (encoders shared in a composed recipe).
+    """
+
+    def __init__(self, modalities: Sequence[str] = MODALITIES, backbone: str | nn.Module = "dgcnn",
+                 backbone_config: dict[str, Any] | None = None, image_encoder: str | nn.Module = "resnet18",
+                 image_weights: str | None = None, mesh_config: dict[str, Any] | None = None,
+                 projection_dim: int = 256, hidden_dim: int = 512, temperature: float = 0.1, alpha: float = 1.0,
+                 beta: float = 1.0, ortho_weight: float = 0.01, mesh_jitter: float = 0.01,
+                 gather_distributed: bool = True):
+        super().__init__()
+        unknown = [m for m in modalities if m not in MODALITIES]
+        if not modalities or unknown or len(set(modalities)) != len(modalities):
+            raise ValueError(f"modalities must be a non-empty subset of {', '.join(MODALITIES)} without repeats, "
+                             f"got {list(modalities)}")
+        self.modalities = tuple(m for m in MODALITIES if m in modalities)
+        self.encoders = nn.ModuleDict()
+        if "image" in self.modalities:
+            self.encoders["image"] = image_encoder_module(image_encoder, image_weights)
+        if "points" in self.modalities:
+            self.encoders["points"] = backbone_module(backbone, backbone_config)
+        mesh_settings = {"emb_dims": 512, "mask_ratio": 0.5, **(mesh_config or {})}
+        if "mesh" in self.modalities:
+            self.encoders["mesh"] = build_backbone("meshnet", **mesh_settings)
+        self.invariant_heads = nn.ModuleDict({m: ProjectionHead(_width(e), hidden_dim, projection_dim)
+                                              for m, e in self.encoders.items()})
+        self.specific_heads = nn.ModuleDict({m: ProjectionHead(_width(e), hidden_dim, projection_dim)
+                                             for m, e in self.encoders.items()})
+        exported = "points" if "points" in self.modalities else "mesh" if "mesh" in self.modalities else None
+        if exported is None:
+            raise ValueError("MIMS exports a 3D backbone: modalities must include points or mesh")
+        self.backbone_name = backbone_label(backbone) if exported == "points" else "meshnet"
+        self.backbone_config = dict(backbone_config or {}) if exported == "points" else mesh_settings
+        self.exported = exported
+        self.temperature, self.alpha, self.beta, self.ortho_weight = temperature, alpha, beta, ortho_weight
+        self.mesh_jitter, self.gather_distributed = mesh_jitter, gather_distributed
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoders[self.exported]
+
+    def encode(self, modality: str, batch: dict[str, Tensor], augmentations: Sequence[int] = (0,)) -> Tensor:
+        """The encoder's global features of the given augmentations (0, 1) of one modality,
+        stacked: (len(augmentations) * B, D). Points and images go through the encoder in one
+        pass (its BatchNorm sees every row); meshes in one pass per augmentation (MeshNet draws
+        one face mask per pass)."""
+        if modality == "points":
+            if "point_views" not in batch:
+                raise ValueError("MIMS with points needs point_views (B, 2, N, 3) (point_views=2)")
+            clouds = torch.cat([batch["point_views"][:, a] for a in augmentations])
+            return self.encoders["points"](clouds, need_local=False).global_
+        if modality == "image":
+            if "images" not in batch or batch["images"].shape[1] < max(augmentations) + 1:
+                raise ValueError("MIMS with images needs two views per object: images (B, 2, C, S, S)")
+            images = torch.cat([batch["images"][:, a] for a in augmentations])
+            return self.encoders["image"](images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images).global_
+        faces, neighbours = mesh_inputs(batch)
+        passes = []
+        for _ in augmentations:
+            jittered = jitter_mesh_centres(faces, self.mesh_jitter) if self.training else faces
+            passes.append(self.encoders["mesh"](jittered, neighbours, need_local=False).global_)
+        return torch.cat(passes)
+
+    def fused_features(self, batch: dict[str, Tensor], modalities: Sequence[str] | None = None) -> Tensor:
+        """Evaluation feature: the encoders' global features of ``modalities`` (default all of
+        this model's) for the first augmentation/view, concatenated -> (B, sum D_m)."""
+        chosen = tuple(modalities or self.modalities)
+        missing = [m for m in chosen if m not in self.encoders]
+        if missing:
+            raise ValueError(f"this MIMS model has no {', '.join(missing)} encoder (it has {', '.join(self.modalities)})")
+        return torch.cat([self.encode(m, batch) for m in chosen], dim=1)
+
+    def losses(self, invariant: dict[str, list[Tensor]], specific: dict[str, list[Tensor]]) -> dict[str, Tensor]:
+        """invariant / specific: modality -> [H^{m,1}, H^{m,2}], each (B, P) -> the loss and its parts."""
+        zero = next(iter(specific.values()))[0].sum() * 0.0
+        pairs = list(itertools.combinations(self.modalities, 2))
+        t, gather = self.temperature, self.gather_distributed
+        l_inv = sum((nt_xent(invariant[m][a], invariant[n][a], t, gather) for m, n in pairs for a in (0, 1)), zero) / 2
+        l_spec = sum((nt_xent(specific[m][0], specific[m][1], t, gather) for m in self.modalities), zero)
+        stacked_inv = {m: torch.cat(invariant[m]) for m in self.modalities}
+        stacked_spec = {m: torch.cat(specific[m]) for m in self.modalities}
+        l_ortho = sum((orthogonality(stacked_inv[m], stacked_spec[m]) for m in self.modalities), zero)
+        l_ortho = l_ortho + sum((orthogonality(stacked_spec[m], stacked_spec[n]) for m, n in pairs), zero)
+        loss = self.alpha * l_inv + self.beta * l_spec + self.ortho_weight * l_ortho
+        return {"loss": loss, "invariant": l_inv, "specific": l_spec, "orthogonal": l_ortho}
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        invariant: dict[str, list[Tensor]] = {}
+        specific: dict[str, list[Tensor]] = {}
+        for m in self.modalities:
+            features = self.encode(m, batch, (0, 1))  # (2B, D); the heads' BatchNorm sees both too
+            invariant[m] = list(self.invariant_heads[m](features).chunk(2))
+            specific[m] = list(self.specific_heads[m](features).chunk(2))
+        return self.losses(invariant, specific)
+
+
+def _width(encoder: nn.Module) -> int:
+    return encoder.feature_dim if hasattr(encoder, "feature_dim") else encoder.global_dim
