@@ -123,3 +123,19 @@ def test_mims_pretrains_on_the_builtin_shapes_with_decreasing_loss(tmp_path):
     assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     assert (run / "backbone.safetensors").is_file()
+    # the whole trained model comes back from the run folder: fused features of the test split
+    from torch.utils.data import default_collate
+
+    import pretext3d
+    from pretext3d.data.multimodal import MultimodalDataset
+
+    method = pretext3d.load_method(run)
+    assert isinstance(method, MIMS) and not method.training
+    test = MultimodalDataset(run / "builtin-store", split="test", num_points=128, views_per_sample=2, image_size=32,
+                             point_augment=None, image_augment=None, point_views=2)
+    batch = default_collate([test[0], test[1]])
+    with torch.no_grad():
+        fused = method.fused_features(batch, ("points", "mesh"))
+        alone = pretext3d.load_backbone(run).model(batch["points"]).global_
+    assert fused.shape == (2, 64 + 32)
+    assert torch.allclose(fused[:, :64], alone, atol=1e-5)  # the exported backbone is the point encoder

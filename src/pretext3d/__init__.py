@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from pretext3d.engine.checkpoint import LoadedBackbone
 
 __version__ = "0.1.0"
-__all__ = ["load_backbone", "__version__"]
+__all__ = ["load_backbone", "load_method", "__version__"]
 
 
 def load_backbone(path: str | Path, expected: str | None = None, **reference_config: Any) -> LoadedBackbone:
@@ -20,3 +20,12 @@ def load_backbone(path: str | Path, expected: str | None = None, **reference_con
     from pretext3d.engine.checkpoint import load_backbone as load
 
     return load(path, expected, **reference_config)
+
+
+def load_method(run: str | Path, step: int | None = None):
+    """The whole pretext method of a run folder (encoders and heads), from its recipe and its
+    newest checkpoint (see :func:`pretext3d.engine.checkpoint.load_method`); e.g.
+    ``load_method(run).fused_features(batch, ("points", "mesh"))`` for a MIMS run."""
+    from pretext3d.engine.checkpoint import load_method as load
+
+    return load(run, step)

@@ -21,7 +21,7 @@ from pretext3d.models import REFERENCES, build_backbone, detect_reference, load_
 from pretext3d.utils.io import atomic_path
 
 __all__ = ["CheckpointError", "LoadedBackbone", "save_backbone", "load_backbone", "resolve_checkpoint", "FORMAT",
-           "REFERENCE_BACKBONES", "unique_state_dict", "load_unique_state_dict", "checkpoint_architecture"]
+           "REFERENCE_BACKBONES", "unique_state_dict", "load_unique_state_dict", "checkpoint_architecture", "load_method"]
 
 FORMAT = "pretext3d-backbone/1"
 
@@ -79,6 +79,33 @@ def load_unique_state_dict(model: nn.Module, tensors: dict[str, Tensor]) -> None
         missing, unexpected = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
         raise CheckpointError(f"the checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict({k: tensors[aliases.get(k, k)] for k in model.state_dict()})
+
+
+def load_method(run: str | Path, step: int | None = None) -> nn.Module:
+    """The whole pretext method of a ``pretext3d pretrain`` run folder (every encoder and head,
+    e.g. MIMS's image, point and mesh encoders for ``fused_features``), rebuilt from its
+    recipe.json and loaded from its newest checkpoint (or ``step``); in eval mode. Image weights
+    named in the recipe are not read again: the checkpoint holds the trained ones."""
+    from safetensors.torch import load_file
+
+    from pretext3d.config import build_method
+
+    run = Path(run)
+    if not (run / "recipe.json").is_file():
+        raise CheckpointError(f"{run}: not a pretext3d pretrain run folder (no recipe.json)")
+    recipe = json.loads((run / "recipe.json").read_text())
+    recipe["model"] = {k: v for k, v in recipe["model"].items() if k != "image_weights"}
+    folders = sorted((run / "checkpoints").glob("step-*")) if (run / "checkpoints").is_dir() else []
+    if step is not None:
+        folders = [f for f in folders if f.name == f"step-{step:07d}"]
+    if not folders:
+        raise CheckpointError(f"{run}: no checkpoint{'' if step is None else f' of step {step}'} in {run / 'checkpoints'}")
+    method = build_method(recipe)
+    try:
+        load_unique_state_dict(method, load_file(str(folders[-1] / "model.safetensors")))
+    except (OSError, RuntimeError) as err:
+        raise CheckpointError(f"{folders[-1]}: cannot be loaded into {recipe['method']} ({err})") from None
+    return method.eval()
 
 
 # our registry name for the module each reference architecture loads as
