@@ -17,7 +17,10 @@ With task outputs o_t (each a dict of scalar parts, "loss" the task's own total)
 
     L = sum_t sum_{p in parts_t} w_tp * o_t[p]      (parts_t defaults to {"loss": weight_t})
 
-Every part of every task is logged as "<task>.<part>". A task's other keys are its own
+Every part of every task is logged as "<task>.<part>". Each task runs its own passes of the
+same batch through the shared encoders, so a step costs about the sum of the tasks' steps
+(measured: CrossPoint + Pic@Point + ParAE on PointNet + ResNet-18, 0.22 steps/s on 2 cores
+against about 0.7 for Pic@Point alone). A task's other keys are its own
 keyword arguments (temperature, heads, ...); ``backbone``/``image_encoder`` belong to the top.
 ParAE's point-wise logits come from the shared backbone, so it must be point-wise (e.g.
 ``dgcnn-seg`` or ``pointnext-seg`` with ``num_outputs`` = the partitions).
