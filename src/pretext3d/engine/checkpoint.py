@@ -21,7 +21,8 @@ from pretext3d.models import REFERENCES, build_backbone, detect_reference, load_
 from pretext3d.utils.io import atomic_path
 
 __all__ = ["CheckpointError", "LoadedBackbone", "save_backbone", "load_backbone", "resolve_checkpoint", "FORMAT",
-           "REFERENCE_BACKBONES", "unique_state_dict", "load_unique_state_dict", "checkpoint_architecture", "load_method"]
+           "REFERENCE_BACKBONES", "unique_state_dict", "load_unique_state_dict", "checkpoint_architecture", "load_method",
+           "training_checkpoints"]
 
 FORMAT = "pretext3d-backbone/1"
 
@@ -53,12 +54,13 @@ def save_backbone(path: str | Path, model: nn.Module, backbone: str, config: dic
     return path
 
 
-def _aliases(model: nn.Module) -> dict[str, str]:
-    """State-dict names that hold the same tensor as an earlier name -> that first name (a
-    module shared by several parents, as in a composed recipe, appears once per parent)."""
+def _aliases(state: dict[str, Tensor]) -> dict[str, str]:
+    """Names of a ``state_dict(keep_vars=True)`` that hold the same tensor as an earlier name ->
+    that first name (a module shared by several parents, as in a composed recipe, appears once
+    per parent)."""
     first: dict[int, str] = {}
     aliases = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
+    for name, tensor in state.items():
         aliases.update({name: first[id(tensor)]} if id(tensor) in first else {})
         first.setdefault(id(tensor), name)
     return aliases
@@ -67,18 +69,26 @@ def _aliases(model: nn.Module) -> dict[str, str]:
 def unique_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """``model.state_dict()`` with each shared tensor once, under its first name (safetensors
     stores no aliased tensors), detached, on the CPU, contiguous."""
-    aliases = _aliases(model)
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in aliases}
+    state = model.state_dict(keep_vars=True)
+    aliases = _aliases(state)
+    return {k: v.detach().cpu().contiguous() for k, v in state.items() if k not in aliases}
 
 
 def load_unique_state_dict(model: nn.Module, tensors: dict[str, Tensor]) -> None:
     """Inverse of ``unique_state_dict``: every alias is filled from its first name; strict."""
-    aliases = _aliases(model)
-    names = [k for k in model.state_dict() if k not in aliases]
-    if set(names) != set(tensors):
-        missing, unexpected = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
+    state = model.state_dict(keep_vars=True)
+    aliases = _aliases(state)
+    names = {k for k in state if k not in aliases}
+    if names != set(tensors):
+        missing, unexpected = sorted(names - set(tensors)), sorted(set(tensors) - names)
         raise CheckpointError(f"the checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.load_state_dict({k: tensors[aliases.get(k, k)] for k in model.state_dict()})
+    model.load_state_dict({k: tensors[aliases.get(k, k)] for k in state})
+
+
+def training_checkpoints(run: str | Path) -> list[Path]:
+    """The complete ``checkpoints/step-N`` folders of a run (with trainer.json), oldest first."""
+    found = [p for p in (Path(run) / "checkpoints").glob("step-*") if p.is_dir() and (p / "trainer.json").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def load_method(run: str | Path, step: int | None = None) -> nn.Module:
@@ -95,7 +105,7 @@ def load_method(run: str | Path, step: int | None = None) -> nn.Module:
         raise CheckpointError(f"{run}: not a pretext3d pretrain run folder (no recipe.json)")
     recipe = json.loads((run / "recipe.json").read_text())
     recipe["model"] = {k: v for k, v in recipe["model"].items() if k != "image_weights"}
-    folders = sorted((run / "checkpoints").glob("step-*")) if (run / "checkpoints").is_dir() else []
+    folders = training_checkpoints(run)
     if step is not None:
         folders = [f for f in folders if f.name == f"step-{step:07d}"]
     if not folders:
@@ -141,13 +151,7 @@ def load_backbone(path: str | Path, expected: str | None = None, **reference_con
     if not path.exists():
         raise CheckpointError(f"{path}: does not exist")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-        except Exception as err:  # safetensors raises its own error types for corrupt files
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+        metadata = _read_metadata(path)
         if metadata.get("format") == FORMAT:
             return _load_ours(path, metadata, expected)
     try:
@@ -172,18 +176,23 @@ def load_backbone(path: str | Path, expected: str | None = None, **reference_con
 def checkpoint_architecture(path: str | Path) -> tuple[str, dict[str, Any]]:
     """(registry name, config) of the backbone a pretext3d checkpoint (file or run folder) holds,
     read from its metadata alone (e.g. to build the same network with random weights)."""
-    from safetensors import safe_open
-
     path = resolve_checkpoint(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as err:  # safetensors raises its own error types (and OSError) for unusable files
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    metadata = _read_metadata(path)
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a pretext3d backbone checkpoint (no {FORMAT} metadata)")
     name, config, _ = _parse_metadata(path, metadata)
     return name, config
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file (without reading its tensors)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types (and OSError) for unusable files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def _parse_metadata(path: Path, metadata: dict[str, str]) -> tuple[str, dict[str, Any], dict[str, Any]]:

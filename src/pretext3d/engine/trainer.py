@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pretext3d.engine.checkpoint import load_unique_state_dict, save_backbone, unique_state_dict
+from pretext3d.engine.checkpoint import load_unique_state_dict, save_backbone, training_checkpoints, unique_state_dict
 from pretext3d.engine.sync_bn import convert_batchnorm
 from pretext3d.utils.device import init_distributed, rank_and_world, resolve_device
 from pretext3d.utils.io import atomic_write_json, atomic_write_text
@@ -223,9 +223,7 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------
 
     def _checkpoints(self) -> list[Path]:
-        folder = self.out / "checkpoints"
-        found = [p for p in folder.glob("step-*") if p.is_dir() and (p / "trainer.json").exists()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+        return training_checkpoints(self.out)
 
     def _save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler) -> None:
         """Write checkpoints/step-<step>/ under a temporary name, then rename (rank 0 only)."""

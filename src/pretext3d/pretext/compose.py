@@ -32,6 +32,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from pretext3d.config import data_needs
 from pretext3d.models import backbone_module
 from pretext3d.pretext.crosspoint import image_encoder_module
 
@@ -48,12 +49,6 @@ def task_classes() -> dict[str, type[nn.Module]]:
     from pretext3d.pretext.picpoint import PicAtPoint
 
     return {"crosspoint": CrossPoint, "parae": ParAE, "picpoint": PicAtPoint, "cmcv": CMCV, "mims": MIMS}
-
-
-def task_uses_images(name: str, spec: dict[str, Any]) -> bool:
-    if name == "mims":
-        return "image" in spec.get("modalities", ("image", "points", "mesh"))
-    return name in ("crosspoint", "picpoint", "cmcv")
 
 
 class Composed(nn.Module):
@@ -76,7 +71,7 @@ class Composed(nn.Module):
             raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(classes)}")
         self.backbone_name, self.backbone_config = backbone, dict(backbone_config or {})
         self.backbone = backbone_module(backbone, self.backbone_config)
-        uses_images = any(task_uses_images(name, dict(spec or {})) for name, spec in tasks.items())
+        uses_images = data_needs("compose", {"tasks": tasks})["images"]
         self.image_encoder = image_encoder_module(image_encoder, image_weights) if uses_images else None
         self.image_lr_scale = image_lr_scale
         self.tasks = nn.ModuleDict()
@@ -88,7 +83,7 @@ class Composed(nn.Module):
             if clash:
                 raise ValueError(f"task {name}: {', '.join(clash)} are shared: set them next to tasks, not in a task")
             shared: dict[str, Any] = {"backbone": self.backbone}
-            if task_uses_images(name, settings):
+            if data_needs(name, settings)["images"]:
                 shared["image_encoder"] = self.image_encoder
             try:
                 self.tasks[name] = classes[name](**settings, **shared)
