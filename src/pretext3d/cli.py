@@ -11,115 +11,11 @@ from typing import Sequence
 
 import numpy as np
 
+from pretext3d.cli_evaluate import add_evaluate, at_least as _at_least
 from pretext3d.cli_prepare import add_prepare, add_render, add_verify
 from pretext3d.cli_pretrain import add_pretrain
 
 __all__ = ["main", "build_parser"]
-
-
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def _add_linear_svm(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "linear-svm",
-        help="linear SVM on frozen global features (ModelNet40/10 protocol)",
-        description="Extract frozen global features of the train and test splits and fit a linear SVM. "
-        "C is given (--C) or chosen by cross-validation on the train split only; the test split is scored once.",
-    )
-    p.add_argument("--data", required=True, help="dataset file/folder in any supported format, or 'builtin[:seed=,train=,test=]'")
-    p.add_argument("--backbone", choices=["pointnet", "dgcnn", "pointnet-pointwise", "dgcnn-seg"],
-                   help="required with --random-init (pointnet or dgcnn); with --checkpoint, checks what it holds")
-    init = p.add_mutually_exclusive_group(required=True)
-    init.add_argument("--random-init", action="store_true", help="untrained backbone; BatchNorm statistics calibrated on training clouds")
-    init.add_argument("--checkpoint", help="a `pretext3d pretrain` run folder, a pretext3d .safetensors checkpoint, "
-                      "or reference weights (.pth/.pt/.npz)")
-    p.add_argument("--points", type=_at_least(1), default=1024, help="points per cloud (default 1024)")
-    p.add_argument("--subsample", choices=["first", "random", "fps"], default="first",
-                   help="how clouds with more points are cut to --points (default: the first N, as published)")
-    p.add_argument("--subset", choices=["modelnet10"], help="evaluate on the ModelNet10 classes of a ModelNet40 source")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (init, BN calibration, sampling); mean +- std is reported")
-    p.add_argument("--C", type=float, help="SVM C; default: chosen by CV on train")
-    p.add_argument("--C-grid", type=float, nargs="+", help="candidate Cs for the CV (default 0.001 0.01 0.1 1 10)")
-    p.add_argument("--folds", type=_at_least(2), default=3, help="CV folds for choosing C (default 3)")
-    p.add_argument("--svm", choices=["svc", "linearsvc"], default="svc", help="sklearn SVC(kernel='linear') (published) or LinearSVC")
-    p.add_argument("--standardize", action="store_true", help="standardise features before the SVM (not the published protocol)")
-    p.add_argument("--batch-size", type=_at_least(2), default=32)
-    p.add_argument("--bn-calibration", type=_at_least(2), default=2048, metavar="N", help="training clouds for BN calibration with --random-init")
-    p.add_argument("--k", type=_at_least(1), default=20, help="DGCNN neighbours (default 20)")
-    p.add_argument("--emb-dims", type=_at_least(1), default=1024, help="backbone embedding width for --random-init (default 1024)")
-    p.add_argument("--like", metavar="CHECKPOINT", help="with --random-init: the architecture (backbone and config) of this "
-                   "pretext3d checkpoint or run folder, with random weights: the floor of a pretrained backbone")
-    p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--workers", type=_at_least(0), default=0, help="data-loading processes (useful for mesh folders)")
-    p.add_argument("--cache-dir", help="feature cache (default ~/.cache/pretext3d/features or $PRETEXT3D_CACHE)")
-    p.add_argument("--no-cache", action="store_true", help="always recompute features")
-    p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=_cmd_linear_svm)
-
-
-def _cmd_linear_svm(args: argparse.Namespace) -> int:
-    from pretext3d.engine.checkpoint import checkpoint_architecture
-    from pretext3d.eval.linear_svm import DEFAULT_C_GRID
-    from pretext3d.eval.protocols import LinearSVMConfig, run_linear_svm
-    from pretext3d.utils.io import atomic_write_json
-
-    if args.like and not args.random_init:
-        raise ValueError("--like goes with --random-init (a checkpoint's architecture, random weights)")
-    backbone, random_config = args.backbone, None
-    if args.like:
-        backbone, random_config = checkpoint_architecture(args.like)
-        if args.backbone and args.backbone != backbone:
-            raise ValueError(f"{args.like}: holds a {backbone} backbone, not a {args.backbone}")
-    elif args.random_init and args.backbone not in ("pointnet", "dgcnn"):
-        raise ValueError("--random-init needs --backbone pointnet or dgcnn (or --like CHECKPOINT)")
-    cfg = LinearSVMConfig(
-        data=args.data, backbone=backbone, checkpoint=args.checkpoint, random_init=args.random_init,
-        num_points=args.points, subsample=args.subsample, subset=args.subset, seeds=args.seeds, C=args.C,
-        C_grid=tuple(args.C_grid or DEFAULT_C_GRID), folds=args.folds, svm=args.svm, standardize=args.standardize,
-        batch_size=args.batch_size, bn_calibration_clouds=args.bn_calibration, k=args.k, emb_dims=args.emb_dims,
-        random_config=random_config, device=args.device, num_workers=args.workers, cache_dir=args.cache_dir,
-        use_cache=not args.no_cache, progress=not args.quiet,
-    )
-    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    report = run_linear_svm(cfg, log=log)
-    print(format_linear_svm(report))
-    if args.json:
-        atomic_write_json(args.json, report)
-    return 0
-
-
-def format_linear_svm(report: dict) -> str:
-    seeds = report["seeds"]
-    acc = f"{100 * report['accuracy']:.2f}%"
-    cls = f"{100 * report['class_mean_accuracy']:.2f}%"
-    if len(seeds) > 1:
-        acc += f" +- {100 * report['accuracy_std']:.2f}"
-        cls += f" +- {100 * report['class_mean_accuracy_std']:.2f}"
-    lines = [
-        f"linear SVM  {report['dataset']} ({report['dataset_format']}{', ' + report['subset'] if report['subset'] else ''}, "
-        f"{report['num_classes']} classes, {report['train_size']} train / {report['test_size']} test)",
-        f"  backbone        {report['backbone']} ({report['weights']})",
-        f"  accuracy        {acc}   (class mean {cls}, seeds {' '.join(map(str, seeds))})",
-        f"  C               {report['C']:g}   ({report['C_selection']})",
-        f"  feature dim     {report['feature_dim']}",
-        f"  points / cloud  {report['num_points']} ({report['sampling']})",
-    ]
-    if report["bn_calibration"]:
-        lines.append(f"  BN statistics   {report['bn_calibration']}")
-    if report["skipped"]:
-        lines.append(f"  skipped         {len(report['skipped'])} unreadable item(s):")
-        lines.extend(f"    {msg}" for msg in report["skipped"][:20])
-    return "\n".join(lines)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -250,19 +146,49 @@ def format_demo(rows: list[tuple[str, dict, dict | None]], seconds: float, out: 
     return "\n".join(lines)
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page about a pretrained run",
+                       description="Result tables of the evaluation JSONs in RUN (RUN/*.json, RUN/eval/*.json) with their "
+                       "protocol settings, training curves, a t-SNE of the test features, retrieval grids and, for ParAE, "
+                       "the fitted Gaussians. PNGs and report.json are written next to the page.")
+    p.add_argument("run", help="a finished `pretext3d pretrain` run folder")
+    p.add_argument("--out", required=True, help="the HTML page to write")
+    p.add_argument("--data", help="dataset for the t-SNE and retrieval (default: the run's data when readable, else builtin)")
+    p.add_argument("--evaluations", nargs="+", default=[], metavar="JSON", help="more evaluation reports to show")
+    p.add_argument("--points", type=_at_least(1), default=1024)
+    p.add_argument("--tsne-objects", type=_at_least(2), default=1500, help="test objects in the t-SNE (default 1500)")
+    p.add_argument("--queries", type=_at_least(1), default=5, help="retrieval rows (queries of distinct classes)")
+    p.add_argument("--top-k", type=_at_least(1), default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pretext3d.report import ReportConfig, make_report
+
+    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    make_report(ReportConfig(run=args.run, out=args.out, data=args.data, evaluations=args.evaluations, num_points=args.points,
+                             tsne_objects=args.tsne_objects, queries=args.queries, top_k=args.top_k, seed=args.seed,
+                             device=args.device, cache_dir=args.cache_dir, progress=not args.quiet), log=log)
+    print(args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pretext3d", description="Self-supervised 3D representation learning.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    evaluate = sub.add_parser("evaluate", help="evaluate frozen features with a standard protocol")
-    esub = evaluate.add_subparsers(dest="protocol", required=True)
-    _add_linear_svm(esub)
+    add_evaluate(sub)
     add_pretrain(sub)
     _add_data(sub)
     add_prepare(sub)
     add_verify(sub)
     add_render(sub)
     _add_demo(sub)
+    _add_report(sub)
     return parser
 
 

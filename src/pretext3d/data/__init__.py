@@ -1,11 +1,31 @@
-"""Datasets: readers for the usual formats, the built-in procedural shapes, meshes."""
+"""Datasets: readers for the usual formats, the built-in procedural shapes, meshes, and the
+part / semantic segmentation data (ShapeNetPart, built-in parts, S3DIS)."""
 
 from pretext3d.data.builtin import CLASSES as BUILTIN_CLASSES
 from pretext3d.data.builtin import builtin_meshes, builtin_splits, export_builtin_meshes, make_shape
 from pretext3d.data.errors import DataFormatError
 from pretext3d.data.meshes import Mesh, load_mesh
 from pretext3d.data.pointclouds import ArrayPointClouds, LazyPointClouds, PointCloudDataset, SubsetPointClouds
-from pretext3d.data.readers import FORMATS, MODELNET10_CLASSES, detect_format, open_splits
+from pretext3d.data.readers import (
+    FORMATS,
+    MODELNET10_CLASSES,
+    SCANOBJECTNN_CLASSES,
+    SCANOBJECTNN_VARIANTS,
+    detect_format,
+    open_splits,
+)
+from pretext3d.data.segmentation import (
+    S3DIS_CLASSES,
+    SHAPENETPART_CATEGORY_PARTS,
+    SHAPENETPART_CLASSES,
+    PartSegDataset,
+    SemSegBlocks,
+    SemSegRooms,
+    block_features,
+    open_partseg,
+    open_semseg,
+    room_blocks,
+)
 
 __all__ = [
     "ArrayPointClouds",
@@ -15,13 +35,25 @@ __all__ = [
     "LazyPointClouds",
     "MODELNET10_CLASSES",
     "Mesh",
+    "PartSegDataset",
     "PointCloudDataset",
+    "S3DIS_CLASSES",
+    "SCANOBJECTNN_CLASSES",
+    "SCANOBJECTNN_VARIANTS",
+    "SHAPENETPART_CATEGORY_PARTS",
+    "SHAPENETPART_CLASSES",
+    "SemSegBlocks",
+    "SemSegRooms",
     "SubsetPointClouds",
+    "block_features",
     "builtin_meshes",
     "builtin_splits",
     "detect_format",
     "export_builtin_meshes",
     "load_mesh",
     "make_shape",
+    "open_partseg",
+    "open_semseg",
     "open_splits",
+    "room_blocks",
 ]

@@ -12,6 +12,10 @@
 * ``mesh_folder``: any folder of OFF/OBJ/PLY/STL meshes, class = top-level folder name; the
   split comes from a ``train``/``test`` folder in the path when there is one, otherwise every
   fifth file of each class (sorted by path) is a test file;
+* ``scanobjectnn``: ScanObjectNN's ``h5_files`` folder (holding ``main_split/`` and/or
+  ``main_split_nobg/``), one of those two folders, or one of its ``{training,test}_objectdataset*.h5``
+  files; the variant is a path suffix ``PATH:obj_only``, ``PATH:obj_bg`` or ``PATH:pb_t50_rs``
+  (see ``scanobjectnn_files``);
 * ``builtin``: the procedural dataset (``builtin`` or ``builtin:seed=3,train=40,test=10``).
 
 Meshes are read with trimesh and sampled on the fly (area-weighted, then farthest point
@@ -46,12 +50,18 @@ __all__ = [
     "FORMATS",
     "MESH_FORMATS",
     "MODELNET10_CLASSES",
+    "SCANOBJECTNN_CLASSES",
+    "SCANOBJECTNN_VARIANTS",
     "detect_format",
     "open_splits",
+    "parse_scanobjectnn_spec",
+    "read_h5_clouds",
+    "read_text_table",
     "read_xyz_normal_txt",
+    "scanobjectnn_files",
 ]
 
-FORMATS = ("npz", "ply_hdf5", "normal_resampled", "modelnet_meshes", "mesh_folder", "builtin")
+FORMATS = ("npz", "ply_hdf5", "normal_resampled", "modelnet_meshes", "mesh_folder", "scanobjectnn", "builtin")
 MESH_FORMATS = ("modelnet_meshes", "mesh_folder", "builtin")  # clouds sampled from meshes, seeded
 MODELNET10_CLASSES = ["bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet"]
 SPLITS = ("train", "test")
@@ -67,9 +77,11 @@ def detect_format(path: str | Path) -> str:
     text = str(path)
     if text == "builtin" or text.startswith("builtin:"):
         return "builtin"
-    path = Path(path)
+    path, variant = parse_scanobjectnn_spec(path)
     if not path.exists():
         raise DataFormatError(path, "does not exist")
+    if variant is not None or _is_scanobjectnn(path):
+        return "scanobjectnn"
     if path.is_file():
         if path.suffix == ".npz":
             return "npz"
@@ -104,6 +116,8 @@ def open_splits(
     (first N / random / FPS);  seed: seeds random subsampling and mesh sampling;  subset:
     ``"modelnet10"`` for the 10-class view;  on_error: for folder formats read lazily, whether
     a malformed file raises or is skipped (its item carries an "error" and batch jobs report it).
+    ScanObjectNN's variant rides on the path: ``h5_files:pb_t50_rs`` (obj_only, obj_bg,
+    pb_t50_rs; obj_bg where the path leaves it open, see ``scanobjectnn_files``).
     """
     fmt = fmt or detect_format(path)
     if fmt == "npz":
@@ -116,6 +130,8 @@ def open_splits(
         splits = _read_mesh_folder(Path(path), num_points or 1024, seed, on_error, modelnet_layout=True)
     elif fmt == "mesh_folder":
         splits = _read_mesh_folder(Path(path), num_points or 1024, seed, on_error, modelnet_layout=False)
+    elif fmt == "scanobjectnn":
+        splits = _read_scanobjectnn(path, num_points, subsample, seed)
     elif fmt == "builtin":
         from pretext3d.data.builtin import builtin_splits, parse_builtin_spec
 
@@ -199,9 +215,29 @@ def _read_shape_names(path: Path) -> list[str]:
     return names
 
 
-def _read_ply_hdf5(path: Path, num_points: int | None, subsample: Subsample, seed: int) -> dict[str, PointCloudDataset]:
+def read_h5_clouds(file: Path, optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Read an HDF5 file of clouds: ``data`` (S, N, 3) as float32, ``label`` (S,) or (S, 1) as
+    int64 (S,), and whichever ``optional`` datasets it has (as stored). Every problem (not HDF5,
+    missing datasets, shapes that disagree) is a DataFormatError naming the file."""
     import h5py
 
+    try:
+        with h5py.File(file, "r") as h5:
+            if "data" not in h5 or "label" not in h5:
+                raise DataFormatError(file, f"lacks the 'data' and/or 'label' datasets (has {sorted(h5.keys())})")
+            arrays = {"data": np.asarray(h5["data"], dtype=np.float32), "label": np.asarray(h5["label"])}
+            arrays.update({k: np.asarray(h5[k]) for k in optional if k in h5})
+    except (OSError, ValueError, TypeError) as err:
+        if isinstance(err, DataFormatError):
+            raise
+        raise DataFormatError(file, f"is not a readable HDF5 point-cloud file ({err})") from None
+    arrays["label"] = _integer_labels(file, "label", arrays["label"].reshape(-1))
+    if arrays["data"].ndim != 3 or len(arrays["label"]) != len(arrays["data"]):
+        raise DataFormatError(file, f"has data {arrays['data'].shape} and {len(arrays['label'])} labels")
+    return arrays
+
+
+def _read_ply_hdf5(path: Path, num_points: int | None, subsample: Subsample, seed: int) -> dict[str, PointCloudDataset]:
     folder = path.parent if path.is_file() else path
     classes = _read_shape_names(folder / "shape_names.txt")
     out = {}
@@ -211,23 +247,12 @@ def _read_ply_hdf5(path: Path, num_points: int | None, subsample: Subsample, see
             raise DataFormatError(folder, f"has no ply_data_{split}*.h5 files")
         points, labels, names = [], [], []
         for f in files:
-            try:
-                with h5py.File(f, "r") as h5:
-                    if "data" not in h5 or "label" not in h5:
-                        raise DataFormatError(f, f"lacks the 'data' and/or 'label' datasets (has {sorted(h5.keys())})")
-                    data = np.asarray(h5["data"], dtype=np.float32)
-                    if "normal" in h5:
-                        normal = np.asarray(h5["normal"], dtype=np.float32)
-                        if normal.shape != data.shape:
-                            raise DataFormatError(f, f"has 'normal' {normal.shape} unlike 'data' {data.shape}")
-                        data = np.concatenate([data, normal], axis=2)
-                    label = _integer_labels(f, "label", np.asarray(h5["label"]).reshape(-1))
-            except (OSError, ValueError, TypeError) as err:
-                if isinstance(err, DataFormatError):
-                    raise
-                raise DataFormatError(f, f"is not a readable HDF5 point-cloud file ({err})") from None
-            if data.ndim != 3 or len(label) != len(data):
-                raise DataFormatError(f, f"has data {data.shape} and {len(label)} labels")
+            arrays = read_h5_clouds(f, optional=("normal",))
+            data, label = arrays["data"], arrays["label"]
+            if "normal" in arrays:
+                if arrays["normal"].shape != data.shape:
+                    raise DataFormatError(f, f"has 'normal' {arrays['normal'].shape} unlike 'data' {data.shape}")
+                data = np.concatenate([data, arrays["normal"].astype(np.float32)], axis=2)
             points.append(data)
             labels.append(label)
             names.extend(_h5_names(f, len(data)))
@@ -254,29 +279,142 @@ def _h5_names(h5_file: Path, count: int) -> list[str]:
     return [f"{h5_file.stem}_{i}" for i in range(count)]
 
 
+# --- ScanObjectNN ----------------------------------------------------------------------------
+
+SCANOBJECTNN_CLASSES = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed",
+                        "pillow", "sink", "sofa", "toilet"]  # index = label in the h5 files
+# variant -> (its folder under h5_files, the suffix of its file names)
+SCANOBJECTNN_VARIANTS = {
+    "obj_only": ("main_split_nobg", ""),
+    "obj_bg": ("main_split", ""),
+    "pb_t50_rs": ("main_split", "_augmentedrot_scale75"),
+}
+DEFAULT_SCANOBJECTNN_VARIANT = "obj_bg"
+_SCANOBJECTNN_FILE = re.compile(r"(training|test)_objectdataset(_augmentedrot_scale75)?\.h5")
+
+
+def parse_scanobjectnn_spec(path: str | Path) -> tuple[Path, str | None]:
+    """'PATH:pb_t50_rs' -> (PATH, 'pb_t50_rs'); any other path -> (path, None). The suffix is
+    only read as a variant when it names one and PATH itself (with the suffix) does not exist."""
+    text = str(path)
+    base, sep, tail = text.rpartition(":")
+    if sep and tail in SCANOBJECTNN_VARIANTS and base and not Path(text).exists():
+        return Path(base), tail
+    return Path(text), None
+
+
+def _is_scanobjectnn(path: Path) -> bool:
+    if path.is_file():
+        return bool(_SCANOBJECTNN_FILE.fullmatch(path.name))
+    return any(path.glob("training_objectdataset*.h5")) or any(
+        (path / folder).is_dir() for folder, _ in SCANOBJECTNN_VARIANTS.values())
+
+
+def scanobjectnn_files(path: str | Path) -> tuple[str, dict[str, Path]]:
+    """The variant and the ``{"train": h5, "test": h5}`` files a ScanObjectNN path names.
+
+    path: the ``h5_files`` folder, ``main_split``/``main_split_nobg``, or one of the h5 files,
+    optionally with a variant suffix ``:obj_only`` (``main_split_nobg/*_objectdataset.h5``),
+    ``:obj_bg`` (``main_split/*_objectdataset.h5``) or ``:pb_t50_rs``
+    (``main_split/*_objectdataset_augmentedrot_scale75.h5``). Without a suffix the variant is
+    the one the path implies (a file names its own; ``main_split_nobg`` is obj_only); where
+    several are present it is obj_bg, the default.
+    """
+    root, asked = parse_scanobjectnn_spec(path)
+    if not root.exists():
+        raise DataFormatError(root, "does not exist")
+    if root.is_file():
+        match = _SCANOBJECTNN_FILE.fullmatch(root.name)
+        if not match:
+            raise DataFormatError(root, "is not a ScanObjectNN file "
+                                        "({training,test}_objectdataset[_augmentedrot_scale75].h5)")
+        implied = "pb_t50_rs" if match.group(2) else "obj_only" if "nobg" in root.parent.name else "obj_bg"
+        if asked not in (None, implied):
+            raise DataFormatError(root, f"holds the {implied} variant, not {asked}")
+        candidates = {implied: root.parent}
+    elif any(root.glob("training_objectdataset*.h5")):  # a variant folder itself
+        names = ["obj_only"] if "nobg" in root.name else ["obj_bg", "pb_t50_rs"]
+        candidates = {v: root for v in names}
+    else:
+        candidates = {v: root / folder for v, (folder, _) in SCANOBJECTNN_VARIANTS.items()}
+
+    def files(variant: str) -> dict[str, Path]:
+        suffix = SCANOBJECTNN_VARIANTS[variant][1]
+        return {"train": candidates[variant] / f"training_objectdataset{suffix}.h5",
+                "test": candidates[variant] / f"test_objectdataset{suffix}.h5"}
+
+    available = [v for v in candidates if all(f.is_file() for f in files(v).values())]
+    if asked is None:
+        if DEFAULT_SCANOBJECTNN_VARIANT in available:
+            asked = DEFAULT_SCANOBJECTNN_VARIANT
+        elif len(available) == 1:
+            asked = available[0]
+        elif available:
+            raise DataFormatError(root, f"holds ScanObjectNN variants {', '.join(available)} but not the default "
+                                        f"{DEFAULT_SCANOBJECTNN_VARIANT}; choose one with PATH:<variant>")
+        else:
+            looked = ", ".join(str(f) for v in candidates for f in files(v).values())
+            raise DataFormatError(root, f"holds no ScanObjectNN variant with both training and test files "
+                                        f"(looked for {looked})")
+    if asked not in available:
+        wanted = files(asked) if asked in candidates else {"train": f"{SCANOBJECTNN_VARIANTS[asked][0]}/..."}
+        raise DataFormatError(root, f"lacks the {asked} variant ({', '.join(str(f) for f in wanted.values())}); "
+                                    f"available here: {', '.join(available) or 'none'} "
+                                    f"(choose one with PATH:<variant>)")
+    return asked, files(asked)
+
+
+def _read_scanobjectnn(path: str | Path, num_points: int | None, subsample: Subsample,
+                       seed: int) -> dict[str, PointCloudDataset]:
+    """ScanObjectNN clouds as stored (2048 points, no normals; the background ``mask`` is not
+    read), labels in SCANOBJECTNN_CLASSES order; names '<variant>_<split>_<row>'; up axis y
+    (the axis the dataset's own training code rotates about)."""
+    variant, files = scanobjectnn_files(path)
+    source = f"{files['train'].parent}:{variant}"
+    out = {}
+    for split, file in files.items():
+        arrays = read_h5_clouds(file)
+        names = [f"{variant}_{split}_{i:05d}" for i in range(len(arrays["label"]))]
+        out[split] = ArrayPointClouds(arrays["data"], arrays["label"], SCANOBJECTNN_CLASSES, names, split, source,
+                                      num_points, subsample, seed, up_axis="y")
+    return out
+
+
 # --- modelnet40_normal_resampled --------------------------------------------------------------
 
 
-def read_xyz_normal_txt(path: Path) -> np.ndarray:
-    """Parse a 'x,y,z,nx,ny,nz' text file into (M, 6) float32 with clear errors."""
+def read_text_table(path: Path, columns: tuple[int, ...], layout: str) -> np.ndarray:
+    """Parse a text file of numbers, one row per line (comma or space separated), into
+    (M, C) float64, where C, the column count of the first row, must be one of ``columns``;
+    ``layout`` names the columns for the error messages. Empty, ragged or non-finite files
+    raise a DataFormatError naming the file."""
     try:
         text = path.read_text()
-    except OSError as err:
-        raise DataFormatError(path, f"cannot be read ({err.strerror})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataFormatError(path, f"cannot be read ({getattr(err, 'strerror', None) or err})") from None
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise DataFormatError(path, "is empty")
     n_cols = len(lines[0].replace(",", " ").split())
-    if n_cols not in (3, 6):
-        raise DataFormatError(path, f"has {n_cols} columns per row, expected 6 (x,y,z,nx,ny,nz) or 3")
+    if n_cols not in columns:
+        expected = " or ".join(str(c) for c in columns)
+        raise DataFormatError(path, f"has {n_cols} columns per row, expected {expected} ({layout})")
     # numpy's text parser is ~10x faster than np.loadtxt on these 10,000-row files
-    values = np.array(" ".join(lines).replace(",", " ").split(), dtype=np.float64)
+    try:
+        values = np.array(" ".join(lines).replace(",", " ").split(), dtype=np.float64)
+    except ValueError as err:
+        raise DataFormatError(path, f"holds text that is not a number ({err})") from None
     if values.size != len(lines) * n_cols:
         raise DataFormatError(path, f"is truncated or ragged: {values.size} numbers in {len(lines)} rows of {n_cols}")
-    cloud = values.reshape(len(lines), n_cols).astype(np.float32)
-    if not np.isfinite(cloud).all():
+    table = values.reshape(len(lines), n_cols)
+    if not np.isfinite(table).all():
         raise DataFormatError(path, "has NaN or infinite values")
-    return cloud
+    return table
+
+
+def read_xyz_normal_txt(path: Path) -> np.ndarray:
+    """Parse a 'x,y,z,nx,ny,nz' (or 'x,y,z') text file into (M, 6|3) float32 with clear errors."""
+    return read_text_table(path, (6, 3), "x,y,z,nx,ny,nz or x,y,z").astype(np.float32)
 
 
 def _read_normal_resampled(path: Path, num_points: int | None, subsample: Subsample, seed: int,

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -83,6 +83,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     device: str = "auto"
     tensorboard: bool = False  # also log the metrics to out/tensorboard (needs the tensorboard package)
+    validate_every: int = 0  # steps between calls of the Trainer's ``validate`` (0: never); also after the last step
 
 
 def learning_rate(step: int, optim: OptimConfig, schedule: ScheduleConfig, total_steps: int) -> float:
@@ -204,12 +205,17 @@ class Trainer:
     """Trains ``method`` on ``dataset`` for ``config.steps`` steps into ``out``.
 
     collate: DataLoader collate function (default: torch's). extra_config: recorded in
-    config.json next to the trainer's own settings (e.g. the recipe).
+    config.json next to the trainer's own settings (e.g. the recipe). validate: called as
+    ``validate(method, step)`` every ``config.validate_every`` steps and after the last one, on
+    every process; it returns scalars that are logged (``val_<name>``) and written to
+    metrics.jsonl. Fine-tuning uses it to keep the weights that do best on a validation split.
     """
 
     def __init__(self, method: nn.Module, dataset: Dataset, config: TrainConfig, out: str | Path,
-                 collate=None, extra_config: dict | None = None, log=None):
+                 collate=None, extra_config: dict | None = None, log=None,
+                 validate: Callable[[nn.Module, int], dict[str, float]] | None = None):
         self.method, self.dataset, self.config = method, dataset, config
+        self.validate = validate
         self.out = Path(out)
         self.collate = collate
         self.extra_config = extra_config or {}
@@ -323,6 +329,9 @@ class Trainer:
                 done = step + 1
                 if done % config.log_every == 0 or done == config.steps:
                     last_log = self._report(done, parts, lr, began, start, metrics)
+                if self.validate and config.validate_every and (done % config.validate_every == 0 or done == config.steps):
+                    self._validate(done, metrics)
+                    model.train()
                 if done % config.checkpoint_every == 0 and done < config.steps:
                     self._save(done, method, optimizer, scaler)
         finally:
@@ -358,6 +367,16 @@ class Trainer:
                 for name, value in {**parts, "lr": lr}.items():
                     self._board.add_scalar(f"train/{name}", value, done)
         return parts
+
+    def _validate(self, done: int, metrics) -> None:
+        values = {f"val_{k}": float(v) for k, v in self.validate(self.method, done).items()}
+        if self.rank == 0:
+            self.log(f"step {done}/{self.config.steps} validation " + " ".join(f"{k} {v:.4f}" for k, v in values.items()))
+            metrics.write(json.dumps({"step": done, **values}) + "\n")
+            metrics.flush()
+            if self._board:
+                for name, value in values.items():
+                    self._board.add_scalar(f"validation/{name[4:]}", value, done)
 
     def _tensorboard(self, start: int):
         try:

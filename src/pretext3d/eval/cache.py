@@ -52,10 +52,20 @@ def code_digest() -> str:
 
 def data_fingerprint(path: str | Path, fmt: str) -> str:
     """Content hash of a file; for a folder (or a file of a multi-file format such as one
-    ply_data_*.h5), a hash of (relative path, size, mtime) of the folder's files; for the
+    ply_data_*.h5), a hash of (relative path, size, mtime) of the folder's files; for
+    ScanObjectNN, the variant and (path, size, mtime) of its train and test files; for the
     built-in data, the spec (the generator's code is covered by ``code_digest``)."""
     if fmt == "builtin":
         return str(path)
+    if fmt == "scanobjectnn":  # a folder or file with an optional ':variant' suffix
+        from pretext3d.data.readers import scanobjectnn_files
+
+        variant, files = scanobjectnn_files(path)
+        h = hashlib.sha256(variant.encode())
+        for split in sorted(files):
+            st = files[split].stat()
+            h.update(f"{split}|{files[split].resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
     p = Path(path)
     if p.is_file() and fmt == "ply_hdf5":
         p = p.parent

@@ -42,6 +42,8 @@ def collate_clouds(items: list[dict]) -> dict:
         batch["index"] = torch.tensor([it["index"] for it in good], dtype=torch.int64)
         if all("normals" in it for it in good):
             batch["normals"] = torch.from_numpy(np.stack([it["normals"] for it in good]))
+        if all("part_labels" in it for it in good):
+            batch["part_labels"] = torch.from_numpy(np.stack([it["part_labels"] for it in good]))
     return batch
 
 

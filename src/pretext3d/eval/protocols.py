@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -20,17 +20,23 @@ from pretext3d.eval.linear_svm import DEFAULT_C_GRID, fit_linear_svm
 from pretext3d.models import build_backbone
 from pretext3d.utils.device import resolve_device
 
-__all__ = ["LinearSVMConfig", "run_linear_svm", "backbone_config", "resolve_checkpoint", "BN_CALIBRATION_NOTE"]
+__all__ = ["FeatureConfig", "LinearSVMConfig", "SplitFeatures", "run_linear_svm", "iter_split_features",
+           "prepare_feature_config", "feature_report", "backbone_config", "resolve_checkpoint", "BN_CALIBRATION_NOTE"]
 
 BN_CALIBRATION_NOTE = (
     "random init: BatchNorm running statistics reset and set to the cumulative average of the "
     "batch statistics over {clouds} randomly chosen training clouds (train mode, batches of "
-    "{batch}, dropout off, seed {seed}; clouds actually used per seed in per_seed); weights untouched"
+    "{batch}, dropout off, seed {seed}; clouds actually used per seed: bn_calibration_clouds, null when the "
+    "features came from the cache); weights untouched"
 )
 
 
 @dataclass
-class LinearSVMConfig:
+class FeatureConfig:
+    """Where frozen global features come from: data, weights (a checkpoint, or a random
+    initialisation with calibrated BatchNorm) and extraction settings. Every protocol on frozen
+    features extends it."""
+
     data: str
     backbone: str | None = "dgcnn"  # with a checkpoint: None = whatever it holds
     checkpoint: str | None = None  # a backbone file, or a `pretext3d pretrain` run folder
@@ -39,11 +45,6 @@ class LinearSVMConfig:
     subsample: str = "first"
     subset: str | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
-    C: float | None = None
-    C_grid: tuple[float, ...] = DEFAULT_C_GRID
-    folds: int = 3
-    svm: str = "svc"
-    standardize: bool = False
     batch_size: int = 32
     bn_calibration_clouds: int = 2048
     k: int = 20
@@ -56,6 +57,29 @@ class LinearSVMConfig:
     progress: bool = True
 
 
+@dataclass
+class LinearSVMConfig(FeatureConfig):
+    C: float | None = None
+    C_grid: tuple[float, ...] = DEFAULT_C_GRID
+    folds: int = 3
+    svm: str = "svc"
+    standardize: bool = False
+
+
+@dataclass
+class SplitFeatures:
+    """Frozen features of the train and test splits for one seed, and where they came from."""
+
+    seed: int
+    train: Features
+    test: Features
+    splits: dict[str, Any]  # the opened datasets (classes, names, sizes)
+    info: dict[str, Any]  # backbone source and config
+    cached: bool  # both splits came from the cache
+    bn_calibration_clouds: int | None  # clouds used for BN calibration (random init, not cached)
+    model: torch.nn.Module | None = None  # the backbone, when it was built for this call
+
+
 def backbone_config(name: str, k: int = 20, emb_dims: int = 1024) -> dict[str, Any]:
     """The configuration the linear-SVM protocol builds a fresh backbone with."""
     if name == "dgcnn":
@@ -65,40 +89,48 @@ def backbone_config(name: str, k: int = 20, emb_dims: int = 1024) -> dict[str, A
     raise ValueError(f"the linear-SVM protocol supports backbones pointnet and dgcnn, not {name!r}")
 
 
-def _random_config(cfg: LinearSVMConfig) -> dict[str, Any]:
+def _random_config(cfg: FeatureConfig) -> dict[str, Any]:
     if cfg.random_config is not None:
         return dict(cfg.random_config)
     return backbone_config(cfg.backbone, cfg.k, cfg.emb_dims)
 
 
-def _weights_id(cfg: LinearSVMConfig, seed: int, checkpoint_digest: str | None) -> dict[str, Any]:
+def _weights_id(cfg: FeatureConfig, seed: int, checkpoint_digest: str | None) -> dict[str, Any]:
     if cfg.checkpoint:
         return {"checkpoint": checkpoint_digest, "backbone": cfg.backbone, "k": cfg.k}
     return {"random_init": _random_config(cfg), "backbone": cfg.backbone,
             "init_seed": seed, "bn_clouds": cfg.bn_calibration_clouds, "bn_batch": cfg.batch_size}
 
 
-def _seed_matters(cfg: LinearSVMConfig, fmt: str) -> bool:
+def _seed_matters(cfg: FeatureConfig, fmt: str) -> bool:
     """Whether the seed changes the clouds (random subsampling, sampling of meshes)."""
     return cfg.subsample != "first" or fmt in MESH_FORMATS
 
 
-def run_linear_svm(cfg: LinearSVMConfig, log=print) -> dict[str, Any]:
-    """Run the linear-SVM protocol for every seed and return the report (see README)."""
+def prepare_feature_config(cfg: FeatureConfig) -> FeatureConfig:
+    """Check the weight source and resolve a run folder to its checkpoint file."""
     if cfg.random_init == bool(cfg.checkpoint):
         raise ValueError("give exactly one of random_init=True or a checkpoint")
     if cfg.checkpoint:
         cfg = replace(cfg, checkpoint=str(resolve_checkpoint(cfg.checkpoint)))
+        if not Path(cfg.checkpoint).is_file():
+            raise CheckpointError(f"{cfg.checkpoint}: does not exist")
     elif cfg.backbone is None:
         raise ValueError("random init needs a backbone name")
+    return cfg
+
+
+def iter_split_features(cfg: FeatureConfig) -> Iterator[SplitFeatures]:
+    """Frozen train and test features for each seed of ``cfg`` (cached; see FeatureCache).
+
+    A random initialisation is seeded per seed and its BatchNorm statistics are calibrated on
+    training clouds (never test). ``cfg`` must have gone through ``prepare_feature_config``.
+    """
     fmt = detect_format(cfg.data)
     device = resolve_device(cfg.device)
     cache = FeatureCache(cfg.cache_dir) if cfg.use_cache else None
     data_id = data_fingerprint(cfg.data, fmt)
-    if cfg.checkpoint and not Path(cfg.checkpoint).is_file():
-        raise CheckpointError(f"{cfg.checkpoint}: does not exist")
     checkpoint_digest = file_digest(cfg.checkpoint) if cfg.checkpoint else None
-    per_seed = []
     for seed in cfg.seeds:
         splits = open_splits(cfg.data, cfg.num_points, cfg.subsample, seed, cfg.subset, on_error="skip", fmt=fmt)
         keys = {
@@ -123,15 +155,56 @@ def run_linear_svm(cfg: LinearSVMConfig, log=print) -> dict[str, Any]:
                                                 normals, progress=cfg.progress, desc=f"embed {split} (seed {seed})")
                 if cache:
                     cache.put(key, feats[split])
-        train, test = feats["train"], feats["test"]
+        yield SplitFeatures(seed, feats["train"], feats["test"], splits, info, not needs_model, calibrated, model)
+
+
+def feature_report(cfg: FeatureConfig, protocol: str, extracted: list[SplitFeatures], device: str) -> dict[str, Any]:
+    """The part of every frozen-feature report that says where the features came from."""
+    fmt = detect_format(cfg.data)
+    first = extracted[0]
+    info = first.info or {}
+    return {
+        "protocol": protocol,
+        "dataset": cfg.data,
+        "dataset_format": fmt,
+        "subset": cfg.subset,
+        "num_classes": len(first.splits["train"].classes),
+        "backbone": info.get("backbone", cfg.backbone),
+        "backbone_config": info.get("config"),
+        "weights": cfg.checkpoint or "random-init",
+        "weights_source": info.get("source"),
+        "bn_calibration": BN_CALIBRATION_NOTE.format(
+            clouds=min(cfg.bn_calibration_clouds, len(first.splits["train"])), batch=cfg.batch_size,
+            seed="= the seed of the run") if cfg.random_init else None,
+        "num_points": cfg.num_points,
+        "subsample": cfg.subsample,
+        "sampling": describe_sampling(fmt, cfg.subsample),
+        "feature_dim": int(first.train.features.shape[1]),
+        "seeds": list(cfg.seeds),
+        "bn_calibration_clouds": [sf.bn_calibration_clouds for sf in extracted] if cfg.random_init else None,
+        "features_cached": [sf.cached for sf in extracted],
+        "device": device,
+    }
+
+
+def skipped_items(results: list[SplitFeatures]) -> list[str]:
+    return sorted({msg for r in results for msg in r.train.skipped + r.test.skipped})
+
+
+def run_linear_svm(cfg: LinearSVMConfig, log=print) -> dict[str, Any]:
+    """Run the linear-SVM protocol for every seed and return the report (see README)."""
+    cfg = prepare_feature_config(cfg)
+    per_seed, extracted = [], []
+    for sf in iter_split_features(cfg):
+        extracted.append(sf)
+        train, test = sf.train, sf.test
         result = fit_linear_svm(train.features, train.labels, test.features, test.labels, cfg.C, cfg.C_grid,
-                                cfg.folds, cfg.svm, cfg.standardize, seed, log=log if cfg.progress else None)
-        per_seed.append({"seed": seed, **result.to_dict(), "extract_seconds": train.seconds + test.seconds,
-                         "cached": not needs_model, "bn_calibration_clouds": calibrated,
-                         "skipped": train.skipped + test.skipped})
-        log(f"seed {seed}: accuracy {100 * result.accuracy:.2f}% (class mean {100 * result.class_mean_accuracy:.2f}%), "
-            f"C={result.C:g}, {result.feature_dim}-d features" + ("" if needs_model else " [cached]"))
-    return _report(cfg, fmt, splits, per_seed, info, str(device))
+                                cfg.folds, cfg.svm, cfg.standardize, sf.seed, log=log if cfg.progress else None)
+        per_seed.append({"seed": sf.seed, **result.to_dict(), "extract_seconds": train.seconds + test.seconds,
+                         "cached": sf.cached, "bn_calibration_clouds": sf.bn_calibration_clouds})
+        log(f"seed {sf.seed}: accuracy {100 * result.accuracy:.2f}% (class mean {100 * result.class_mean_accuracy:.2f}%), "
+            f"C={result.C:g}, {result.feature_dim}-d features" + (" [cached]" if sf.cached else ""))
+    return _report(cfg, extracted, per_seed)
 
 
 def _takes_normals(model: torch.nn.Module) -> bool:
@@ -139,7 +212,7 @@ def _takes_normals(model: torch.nn.Module) -> bool:
     return getattr(getattr(model, "backbone", model), "in_channels", 3) == 6
 
 
-def _build_model(cfg: LinearSVMConfig, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _build_model(cfg: FeatureConfig, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     if cfg.checkpoint:
         loaded = load_backbone(cfg.checkpoint, expected=cfg.backbone, k=cfg.k)
         return loaded.model, {"source": loaded.source, "config": loaded.config, "backbone": loaded.backbone}
@@ -155,31 +228,16 @@ def describe_sampling(fmt: str, subsample: str) -> str:
             "fps": "FPS of the stored points"}[subsample]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(statistics.stdev(values)) if len(values) > 1 else 0.0
 
 
-def _report(cfg: LinearSVMConfig, fmt: str, splits, per_seed: list[dict], info, device: str) -> dict[str, Any]:
-    acc, acc_std = _mean_std([r["accuracy"] for r in per_seed])
-    cls_acc, cls_std = _mean_std([r["class_mean_accuracy"] for r in per_seed])
+def _report(cfg: LinearSVMConfig, extracted: list[SplitFeatures], per_seed: list[dict]) -> dict[str, Any]:
+    acc, acc_std = mean_std([r["accuracy"] for r in per_seed])
+    cls_acc, cls_std = mean_std([r["class_mean_accuracy"] for r in per_seed])
     chosen = [r["C"] for r in per_seed]
-    skipped = sorted({msg for r in per_seed for msg in r["skipped"]})
     return {
-        "protocol": "linear-svm",
-        "dataset": cfg.data,
-        "dataset_format": fmt,
-        "subset": cfg.subset,
-        "num_classes": len(splits["train"].classes),
-        "backbone": (info or {}).get("backbone", cfg.backbone),
-        "backbone_config": (info or {}).get("config"),
-        "weights": cfg.checkpoint or "random-init",
-        "weights_source": (info or {}).get("source"),
-        "bn_calibration": BN_CALIBRATION_NOTE.format(
-            clouds=min(cfg.bn_calibration_clouds, len(splits["train"])), batch=cfg.batch_size, seed="= the seed of the run")
-        if cfg.random_init else None,
-        "num_points": cfg.num_points,
-        "subsample": cfg.subsample,
-        "sampling": describe_sampling(fmt, cfg.subsample),
+        **feature_report(cfg, "linear-svm", extracted, str(resolve_device(cfg.device))),
         "accuracy": acc,
         "accuracy_std": acc_std,
         "class_mean_accuracy": cls_acc,
@@ -187,15 +245,16 @@ def _report(cfg: LinearSVMConfig, fmt: str, splits, per_seed: list[dict], info, 
         "C": Counter(chosen).most_common(1)[0][0],
         "C_per_seed": chosen,
         "C_selection": "given" if cfg.C is not None else f"{per_seed[0]['cv_folds']}-fold CV on train over {list(cfg.C_grid)}",
-        "feature_dim": per_seed[0]["feature_dim"],
         "train_size": per_seed[0]["train_size"],
         "test_size": per_seed[0]["test_size"],
-        "seeds": list(cfg.seeds),
         "svm": cfg.svm,
         "standardize": cfg.standardize,
-        "skipped": skipped,
-        "device": device,
-        "per_seed": [{k: v for k, v in r.items() if k != "skipped"} for r in per_seed],
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "skipped": skipped_items(extracted),
+        "per_seed": per_seed,
+        "config": config_record(cfg),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def config_record(cfg: FeatureConfig) -> dict[str, Any]:
+    return {k: v for k, v in asdict(cfg).items() if k != "progress"}

@@ -1,0 +1,314 @@
+"""``pretext3d report RUN_DIR``: one self-contained HTML page about a pretrained run.
+
+The page holds: the run (method, backbone, steps, time), the result tables of every evaluation
+JSON found in the run folder (``RUN/*.json``, ``RUN/eval/*.json`` with a "protocol") or given,
+each with its protocol settings; the training curves (metrics.jsonl); a t-SNE of the backbone's
+test-split features coloured by class; retrieval grids (queries and their top-k, rendered); and,
+for ParAE, the fitted Gaussians as ellipsoids over the points. Pictures are embedded (base64)
+and also written as PNGs next to the page, with ``report.json``: everything the page shows.
+The page checks itself on load: ``<body data-images="loaded/total" data-errors="n">``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from pretext3d.utils.io import atomic_write_json, atomic_write_text
+
+__all__ = ["ReportConfig", "make_report", "find_evaluations"]
+
+
+@dataclass
+class ReportConfig:
+    run: str
+    out: str
+    data: str | None = None  # dataset for t-SNE and retrieval; default: the run's data when readable, else builtin
+    evaluations: list[str] = field(default_factory=list)
+    num_points: int = 1024
+    tsne_objects: int = 1500
+    queries: int = 5
+    top_k: int = 10
+    seed: int = 0
+    device: str = "auto"
+    cache_dir: str | None = None
+    progress: bool = True
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def find_evaluations(run: Path, extra: Sequence[str | Path] = ()) -> list[tuple[Path, dict]]:
+    """Evaluation reports (JSON objects with a "protocol") in RUN/ and RUN/eval/, and ``extra``."""
+    found = []
+    for path in [*sorted(run.glob("*.json")), *sorted((run / "eval").glob("*.json")), *map(Path, extra)]:
+        report = _read_json(path)
+        if report is not None and "protocol" in report:
+            found.append((path, report))
+        elif path in map(Path, extra):
+            raise ValueError(f"{path}: not a pretext3d evaluation report (no 'protocol')")
+    return found
+
+
+# --- what each protocol's table shows -------------------------------------------------------
+
+
+def _pct(value: Any) -> str:
+    return "" if value is None else f"{100 * float(value):.2f}%"
+
+
+def _headline(report: dict) -> list[tuple[str, str]]:
+    """(measure, value) rows of a report's main numbers."""
+    protocol = report["protocol"]
+    if protocol == "linear-svm":
+        std = f" +- {100 * report['accuracy_std']:.2f}" if len(report.get("seeds", [])) > 1 else ""
+        return [("accuracy", _pct(report["accuracy"]) + std), ("class mean accuracy", _pct(report["class_mean_accuracy"])),
+                ("C", f"{report['C']:g}")]
+    if protocol == "fewshot":
+        return [(name, f"{_pct(r['accuracy'])} +- {100 * r['accuracy_std']:.2f} ({r['episodes']} episodes)")
+                for name, r in report["results"].items()]
+    if protocol == "retrieval":
+        return [(name, _pct(r["mean"])) for name, r in report["results"].items()]
+    if protocol in ("finetune-cls", "partseg"):
+        key = "accuracy" if protocol == "finetune-cls" else "instance_miou"
+        rows = []
+        for run in report["runs"]:
+            extra = "" if protocol == "finetune-cls" else f", class mIoU {_pct(run['test']['class_miou'])}"
+            rows.append((f"{100 * run['fraction']:g}% labels, {run['mode']}",
+                         f"{key} {_pct(run['test'][key])}{extra} (best val at step {run['selected']['step']})"))
+        return rows
+    return [(k, str(v)) for k, v in report.items() if isinstance(v, (int, float))][:8]
+
+
+_SETTING_KEYS = ("dataset", "backbone", "weights", "num_points", "sampling", "feature_dim", "seeds", "C_selection",
+                 "bn_calibration", "support_split", "query_split", "queries_per_class", "episode_sampling", "gallery",
+                 "metric", "validation", "label_fractions", "augmentation", "train_size", "test_size", "val_size")
+
+
+def _settings(report: dict) -> list[tuple[str, str]]:
+    return [(k, str(report[k])) for k in _SETTING_KEYS if report.get(k) not in (None, "", [])]
+
+
+# --- figures from the backbone ----------------------------------------------------------------
+
+
+def _report_data(cfg: ReportConfig, recipe: dict | None) -> str:
+    if cfg.data:
+        return cfg.data
+    from pretext3d.data.readers import detect_format
+
+    candidate = (recipe or {}).get("data")
+    if candidate:
+        try:
+            detect_format(candidate)
+            return str(candidate)
+        except Exception:  # a prepared store or a missing file: fall back to the built-in shapes
+            pass
+    return "builtin:seed=0,train=20,test=10"
+
+
+def _test_features(cfg: ReportConfig, data: str):
+    from pretext3d.eval.protocols import FeatureConfig, iter_split_features, prepare_feature_config
+
+    feature_cfg = prepare_feature_config(FeatureConfig(data=data, backbone=None, checkpoint=cfg.run, num_points=cfg.num_points,
+                                                       seeds=[cfg.seed], device=cfg.device, cache_dir=cfg.cache_dir,
+                                                       progress=cfg.progress))
+    return next(iter(iter_split_features(feature_cfg)))
+
+
+def _tsne(features, labels, classes, cfg: ReportConfig, folder: Path, title: str) -> dict:
+    from pretext3d.report.figures import tsne_embedding, tsne_figure
+
+    rng = np.random.default_rng(cfg.seed)
+    pick = np.sort(rng.choice(len(features), min(cfg.tsne_objects, len(features)), replace=False))
+    embedding = tsne_embedding(features[pick], cfg.seed)
+    path = tsne_figure(embedding, labels[pick], classes, folder / "tsne.png", title)
+    return {"figure": path.name, "objects": int(len(pick)), "method": "PCA to 50 dims, then sklearn TSNE (init pca)"}
+
+
+def _retrieval_grid(split_features, cfg: ReportConfig, folder: Path) -> dict:
+    from pretext3d.eval.metrics import pairwise_distances
+    from pretext3d.report.figures import render_cloud, retrieval_grid
+
+    test = split_features.test
+    dataset = split_features.splits["test"]
+    up = dataset.up_axis or "y"
+    rng = np.random.default_rng(cfg.seed + 1)
+    classes = rng.permutation(np.unique(test.labels))[: cfg.queries]
+    queries = [int(rng.choice(np.flatnonzero(test.labels == c))) for c in classes]
+    renders, marks, captions, rows = [], [], [], []
+    for q in queries:
+        dist = pairwise_distances(test.features[q:q + 1], test.features, "cosine")[0]
+        dist[q] = np.inf  # the query is not in its own ranking
+        ranked = np.argsort(dist, kind="stable")[: cfg.top_k]
+        rows_ids = [q, *ranked.tolist()]
+        clouds = [dataset[int(test.indices[i])]["points"] for i in rows_ids]
+        renders.append([render_cloud(c, up) for c in clouds])
+        marks.append([bool(test.labels[i] == test.labels[q]) for i in ranked])
+        names = [dataset.classes[int(test.labels[i])] for i in rows_ids]
+        captions.append(names)
+        rows.append({"query": dataset.names[int(test.indices[q])], "class": names[0],
+                     "retrieved": [dataset.names[int(test.indices[i])] for i in ranked], "retrieved_classes": names[1:],
+                     "cosine_distance": [float(dist[i]) for i in ranked]})
+    path = retrieval_grid(renders, marks, captions, folder / "retrieval.png")
+    return {"figure": path.name, "queries": rows, "gallery": "the other test objects", "metric": "cosine"}
+
+
+def _parae_figure(cfg: ReportConfig, dataset, folder: Path, count: int = 3) -> dict | None:
+    """ParAE's partitions and Gaussians for a few test clouds, when the backbone is point-wise."""
+    import torch
+
+    from pretext3d.engine.checkpoint import load_backbone, resolve_checkpoint
+    from pretext3d.losses import gmm_params
+    from pretext3d.report.figures import gaussians_figure
+
+    model = load_backbone(resolve_checkpoint(cfg.run)).model.eval()
+    rng = np.random.default_rng(cfg.seed + 2)
+    rows = rng.choice(len(dataset), min(count, len(dataset)), replace=False)
+    clouds, parts, pis, mus, sigmas, titles = [], [], [], [], [], []
+    for row in rows:
+        item = dataset[int(row)]
+        points = torch.from_numpy(item["points"])[None]
+        with torch.no_grad():
+            logits = model(points).point_logits
+        if logits is None:
+            return None
+        pi, mu, sigma = gmm_params(points, logits, ridge=1e-4)
+        clouds.append(item["points"])
+        parts.append(logits[0].argmax(-1).numpy())
+        pis.append(pi[0].numpy())
+        mus.append(mu[0].numpy())
+        sigmas.append(sigma[0].numpy())
+        titles.append(f"{dataset.classes[item['label']]} ({dataset.names[int(row)]})")
+    path = gaussians_figure(clouds, parts, pis, mus, sigmas, titles, folder / "parae_gaussians.png",
+                            min_weight=0.5 / pis[0].shape[0])
+    return {"figure": path.name, "clouds": titles, "shown": "Gaussians with pi_j > 1/(2J), 1-sigma ellipsoids"}
+
+
+def _is_parae(recipe: dict | None) -> bool:
+    if not recipe:
+        return False
+    if recipe.get("method") == "parae":
+        return True
+    return recipe.get("method") == "compose" and "parae" in (recipe.get("model", {}).get("tasks") or {})
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .92em; }
+td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } .settings td { color: #555; font-size: .9em; max-width: 900px; }
+img { max-width: 100%; border: 1px solid #eee; } .note { color: #666; font-size: .9em; }
+"""
+
+_SELF_CHECK = """
+window.__reportErrors = [];
+window.addEventListener('error', function (e) { window.__reportErrors.push(String(e.message || e.type)); }, true);
+window.addEventListener('load', function () {
+  var images = Array.prototype.slice.call(document.images);
+  var loaded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images', loaded + '/' + images.length);
+  document.body.setAttribute('data-errors', String(window.__reportErrors.length));
+});
+"""
+
+
+def _table(rows: Sequence[tuple[str, str]], header: tuple[str, str] | None = None, css: str = "") -> str:
+    head = f"<tr><th>{html.escape(header[0])}</th><th>{html.escape(header[1])}</th></tr>" if header else ""
+    body = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>" for a, b in rows)
+    return f'<table class="{css}">{head}{body}</table>'
+
+
+def _image(folder: Path, name: str, alt: str) -> str:
+    data = base64.b64encode((folder / name).read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _page(title: str, sections: list[tuple[str, str]]) -> str:
+    body = "".join(f"<h2>{html.escape(name)}</h2>{content}" for name, content in sections)
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style><script>{_SELF_CHECK}</script></head>"
+            f"<body><h1>{html.escape(title)}</h1>{body}</body></html>")
+
+
+def make_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the page, its PNGs and report.json; returns what report.json holds."""
+    run = Path(cfg.run)
+    if not (run / "backbone.safetensors").is_file():
+        raise ValueError(f"{run}: not a finished pretext3d pretrain run (no backbone.safetensors)")
+    out = Path(cfg.out)
+    folder = out.with_name(out.stem + "_files")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = _read_json(run / "config.json") or {}
+    recipe = _read_json(run / "recipe.json")
+    metrics_rows = []
+    if (run / "metrics.jsonl").exists():
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            try:
+                metrics_rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    evaluations = find_evaluations(run, cfg.evaluations)
+    summary = config.get("summary", {})
+    run_rows = [("run", str(run)), ("method", str((recipe or {}).get("method", "?"))),
+                ("backbone", f"{config.get('backbone')} {json.dumps(config.get('backbone_config'))}"),
+                ("steps", str(summary.get("steps", ""))), ("training time", f"{summary.get('seconds', 0):.0f} s"),
+                ("final loss parts", json.dumps(summary.get("final", {})))]
+    sections = [("Run", _table(run_rows))]
+    record: dict[str, Any] = {"run": str(run), "recipe": recipe, "summary": summary, "evaluations": [], "figures": {}}
+    for path, report in evaluations:
+        content = _table(_headline(report), ("measure", "value")) + _table(_settings(report), css="settings")
+        sections.append((f"{report['protocol']} ({path.name})", content))
+        record["evaluations"].append({"file": str(path), "protocol": report["protocol"], "headline": _headline(report)})
+    if not evaluations:
+        sections.append(("Results", '<p class="note">No evaluation reports in the run folder: run '
+                         "<code>pretext3d evaluate PROTOCOL ... --json RUN/eval/NAME.json</code>.</p>"))
+    from pretext3d.report.figures import training_curves
+
+    curves = training_curves(metrics_rows, folder / "training_curves.png") if metrics_rows else None
+    if curves:
+        sections.append(("Training curves", _image(folder, curves.name, "training curves")))
+        record["figures"]["training_curves"] = curves.name
+    data = _report_data(cfg, recipe)
+    log(f"[report] embedding the test split of {data}")
+    split_features = _test_features(cfg, data)
+    test = split_features.test
+    classes = split_features.splits["test"].classes
+    log(f"[report] t-SNE of {min(cfg.tsne_objects, len(test.features))} test objects")
+    tsne = _tsne(test.features, test.labels, classes, cfg, folder, f"t-SNE of {config.get('backbone')} features, {data} test")
+    sections.append(("t-SNE of the test features", _image(folder, tsne["figure"], "t-SNE")
+                     + f'<p class="note">{tsne["objects"]} objects; {tsne["method"]}; colour = class.</p>'))
+    record["figures"]["tsne"] = tsne
+    log("[report] retrieval grid")
+    grid = _retrieval_grid(split_features, cfg, folder)
+    sections.append(("Retrieval", _image(folder, grid["figure"], "retrieval grid")
+                     + f'<p class="note">Each row: a test query (blue) and its {cfg.top_k} nearest other test objects by '
+                     "cosine distance of the global features; green = same class, red = other class.</p>"))
+    record["figures"]["retrieval"] = grid
+    if _is_parae(recipe):
+        log("[report] ParAE Gaussians")
+        gauss = _parae_figure(cfg, split_features.splits["test"], folder)
+        if gauss:
+            sections.append(("ParAE partitions and Gaussians", _image(folder, gauss["figure"], "ParAE Gaussians")
+                             + f'<p class="note">Points coloured by their most likely partition; {gauss["shown"]}.</p>'))
+            record["figures"]["parae"] = gauss
+    record.update({"data": data, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "page": str(out)})
+    atomic_write_json(folder / "report.json", record)
+    atomic_write_text(out, _page(f"pretext3d report: {run.name}", sections))
+    log(f"[report] wrote {out} (pictures and report.json in {folder})")
+    return record

@@ -1,0 +1,75 @@
+"""`pretext3d report`: the page, its pictures and report.json for a tiny ParAE run; in a real
+headless browser (Debian's chromium) the page loads with every image and no errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pretext3d.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PARAE = [
+    "model.backbone_config={encoder_widths: [16, 32], decoder_widths: [32], skip_layer: 0, pooling: max}",
+    "model.partitions=8", "data_options.points=128", "data_options.builtin={train: 4, test: 2}",
+    "batch_size=8", "amp=false", "steps=4", "log_every=1", "num_workers=0",
+]
+DATA = "builtin:seed=0,train=4,test=3"
+
+
+@pytest.fixture(scope="module")
+def report_page(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    run = root / "run"
+    assert main(["pretrain", "--recipe", str(ROOT / "configs" / "parae_cpu.yaml"), "--out", str(run), *TINY_PARAE]) == 0
+    (run / "eval").mkdir()
+    assert main(["evaluate", "retrieval", "--data", DATA, "--checkpoint", str(run), "--points", "128", "--quiet",
+                 "--cache-dir", str(root / "cache"), "--json", str(run / "eval" / "retrieval.json")]) == 0
+    page = root / "page.html"
+    assert main(["report", str(run), "--out", str(page), "--data", DATA, "--points", "128", "--queries", "3",
+                 "--top-k", "4", "--cache-dir", str(root / "cache"), "--quiet"]) == 0
+    return page
+
+
+def test_report_writes_the_page_pictures_and_json(report_page):
+    files = report_page.with_name("page_files")
+    record = json.loads((files / "report.json").read_text())
+    assert set(record["figures"]) == {"training_curves", "tsne", "retrieval", "parae"}
+    for name in ("training_curves.png", "tsne.png", "retrieval.png", "parae_gaussians.png"):
+        assert (files / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [e["protocol"] for e in record["evaluations"]] == ["retrieval"]
+    assert record["figures"]["tsne"]["objects"] == 14 * 3
+    rows = record["figures"]["retrieval"]["queries"]
+    assert len(rows) == 3 and all(len(r["retrieved"]) == 4 and r["query"] not in r["retrieved"] for r in rows)
+    assert len({r["class"] for r in rows}) == 3  # queries of distinct classes
+    text = report_page.read_text()
+    assert text.count('src="data:image/png;base64,') == 4 and "retrieval (retrieval.json)" in text
+    assert "the test split without the query itself" in text  # the protocol's settings are shown
+
+
+def test_report_refuses_an_unfinished_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "x.html")]) == 2
+    assert "no backbone.safetensors" in capsys.readouterr().err
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium (apt-get install chromium) for the browser check")
+def test_report_page_loads_in_a_headless_browser(report_page, tmp_path):
+    common = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*common, "--dump-dom", report_page.as_uri()], capture_output=True, text=True, timeout=120)
+    body = re.search(r"<body[^>]*>", dom.stdout)
+    assert body, dom.stderr[-2000:]
+    assert 'data-images="4/4"' in body.group(0) and 'data-errors="0"' in body.group(0)
+    assert "Uncaught" not in dom.stderr
+    shot = tmp_path / "shot.png"
+    subprocess.run([*common, "--window-size=1300,3000", f"--screenshot={shot}", report_page.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
