@@ -36,7 +36,7 @@ from pretext3d.eval.metrics import part_segmentation_miou
 from pretext3d.geometry.transforms import random_scale, random_translate
 from pretext3d.models import build_backbone
 from pretext3d.models.layers import PointwiseBlock
-from pretext3d.utils.device import resolve_device
+from pretext3d.utils.device import rank_and_world, resolve_device
 from pretext3d.utils.io import atomic_path, atomic_write_json
 
 __all__ = [
@@ -320,11 +320,12 @@ class _BestKeeper:
         values = self.score(model)
         scalar = {k: v for k, v in values.items() if isinstance(v, float)}
         if self.best is None or values[self.key] > self.best[self.key]:
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            with atomic_path(self.out / "best.safetensors") as tmp:
-                save_file(state, str(tmp))
             self.best = {"step": step, **scalar}
-            atomic_write_json(self.out / "best.json", self.best)
+            if rank_and_world()[0] == 0:  # every process scores the same split; one writes
+                state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+                with atomic_path(self.out / "best.safetensors") as tmp:
+                    save_file(state, str(tmp))
+                atomic_write_json(self.out / "best.json", self.best)
         return scalar
 
 
@@ -362,6 +363,8 @@ def _one_run(cfg: FinetuneConfig, splits: dict[str, Dataset], category_parts, nu
                       extra_config={"finetune": asdict(cfg), "fraction": fraction, "mode": mode},
                       validate=keeper)
     summary = trainer.fit(resume=(out / "checkpoints").exists())
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # rank 0 has written best.safetensors
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(out / "best.safetensors"), device=str(device)))
