@@ -59,18 +59,24 @@ def _add_feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def _feature_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """FeatureConfig fields from the shared arguments (resolving --like to an architecture)."""
+def _like_architecture(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | None]:
+    """(backbone name, random-init config): --like's checkpoint architecture, else --backbone and None."""
     from pretext3d.engine.checkpoint import checkpoint_architecture
 
-    if args.like and not args.random_init:
+    if not args.like:
+        return args.backbone, None
+    if not args.random_init:
         raise ValueError("--like goes with --random-init (a checkpoint's architecture, random weights)")
-    backbone, random_config = args.backbone, None
-    if args.like:
-        backbone, random_config = checkpoint_architecture(args.like)
-        if args.backbone and args.backbone != backbone:
-            raise ValueError(f"{args.like}: holds a {backbone} backbone, not a {args.backbone}")
-    elif args.random_init and args.backbone not in ("pointnet", "dgcnn"):
+    backbone, random_config = checkpoint_architecture(args.like)
+    if args.backbone and args.backbone != backbone:
+        raise ValueError(f"{args.like}: holds a {backbone} backbone, not a {args.backbone}")
+    return backbone, random_config
+
+
+def _feature_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """FeatureConfig fields from the shared arguments (resolving --like to an architecture)."""
+    backbone, random_config = _like_architecture(args)
+    if args.random_init and not args.like and backbone not in ("pointnet", "dgcnn"):
         raise ValueError("--random-init needs --backbone pointnet or dgcnn (or --like CHECKPOINT)")
     return dict(
         data=args.data, backbone=backbone, checkpoint=args.checkpoint, random_init=args.random_init,
@@ -282,18 +288,12 @@ def _add_finetune(sub: argparse._SubParsersAction, name: str, task: str) -> None
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from pretext3d.engine.checkpoint import checkpoint_architecture
     from pretext3d.eval.finetune import FinetuneConfig, run_finetune
 
-    backbone, random_config = args.backbone, {}
-    if args.like:
-        if not args.random_init:
-            raise ValueError("--like goes with --random-init")
-        backbone, random_config = checkpoint_architecture(args.like)
-    elif args.random_init and not backbone:
+    backbone, random_config = _like_architecture(args)
+    if args.random_init and not backbone:
         raise ValueError("--random-init needs --backbone (or --like CHECKPOINT)")
-    if args.emb_dims:
-        random_config = {**random_config, "emb_dims": args.emb_dims}
+    random_config = {**(random_config or {}), **({"emb_dims": args.emb_dims} if args.emb_dims else {})}
     cfg = FinetuneConfig(task=args.task, data=args.data, backbone=backbone, checkpoint=args.checkpoint,
                          random_init=args.random_init, random_config=random_config, fractions=args.fractions,
                          modes=args.modes, epochs=args.epochs, min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr,

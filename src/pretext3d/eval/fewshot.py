@@ -19,7 +19,6 @@ from pretext3d.eval.linear_svm import fit_linear_svm
 from pretext3d.eval.protocols import (
     FeatureConfig, config_record, feature_report, iter_split_features, mean_std, prepare_feature_config, skipped_items,
 )
-from pretext3d.utils.device import resolve_device
 
 __all__ = ["Episode", "FewShotConfig", "sample_episodes", "run_episode", "run_fewshot"]
 
@@ -106,7 +105,7 @@ def run_fewshot(cfg: FewShotConfig, log: Callable[[str], None] = print) -> dict[
         mean, std = mean_std([r["accuracy"] for r in rows])
         summary[name] = {"accuracy": mean, "accuracy_std": std, "episodes": len(rows)}
     return {
-        **feature_report(cfg, "fewshot", extracted, str(resolve_device(cfg.device))),
+        **feature_report(cfg, "fewshot", extracted),
         "results": summary,
         "queries_per_class": cfg.queries,
         "runs_per_seed": cfg.runs,

@@ -33,6 +33,7 @@ from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig, T
 from pretext3d.eval.features import calibrate_batchnorm, collate_clouds
 from pretext3d.eval.linear_svm import accuracy_scores
 from pretext3d.eval.metrics import part_segmentation_miou
+from pretext3d.eval.protocols import config_record
 from pretext3d.geometry.transforms import random_scale, random_translate
 from pretext3d.models import build_backbone
 from pretext3d.models.layers import PointwiseBlock
@@ -297,12 +298,20 @@ def _labels_of(dataset: Dataset) -> np.ndarray:
 
 def _backbone(cfg: FinetuneConfig) -> tuple[nn.Module, str, dict[str, Any], str]:
     if cfg.checkpoint:
-        loaded = load_backbone(resolve_checkpoint(cfg.checkpoint), expected=cfg.backbone)
-        return loaded.model, loaded.backbone, dict(loaded.config), str(resolve_checkpoint(cfg.checkpoint))
+        path = resolve_checkpoint(cfg.checkpoint)
+        loaded = load_backbone(path, expected=cfg.backbone)
+        return loaded.model, loaded.backbone, dict(loaded.config), str(path)
     if not cfg.random_init or not cfg.backbone:
         raise ValueError("give a checkpoint, or random_init with a backbone name")
     torch.manual_seed(cfg.seed)
     return build_backbone(cfg.backbone, **cfg.random_config), cfg.backbone, dict(cfg.random_config), "random-init"
+
+
+def _scorer(cfg: FinetuneConfig, category_parts, device: torch.device) -> tuple[str, Callable[[nn.Module, Dataset], dict]]:
+    """(the selection key, how a model is scored on a split) of the task."""
+    if cfg.task == "classification":
+        return "accuracy", lambda model, split: classification_scores(model, split, cfg.batch_size, device)
+    return "instance_miou", lambda model, split: segmentation_scores(model, split, category_parts, cfg.batch_size, device)
 
 
 class _BestKeeper:
@@ -341,16 +350,9 @@ def _one_run(cfg: FinetuneConfig, splits: dict[str, Dataset], category_parts, nu
     freeze = mode == "frozen"
     if cfg.task == "classification":
         model: _FineTuned = ShapeClassifier(backbone, name, config, num_outputs, freeze, cfg.label_smoothing)
-
-        def score(m):
-            return classification_scores(m, splits["val"], cfg.batch_size, device)
-        key = "accuracy"
     else:
         model = PartSegmenter(backbone, name, config, num_outputs, category_parts, freeze)
-
-        def score(m):
-            return segmentation_scores(m, splits["val"], category_parts, cfg.batch_size, device)
-        key = "instance_miou"
+    key, score = _scorer(cfg, category_parts, device)
     batch = max(2, min(cfg.batch_size, len(train)))
     steps = max(1, cfg.min_steps, math.ceil(cfg.epochs * len(train) / batch))
     train_cfg = TrainConfig(steps=steps, batch_size=batch, seed=cfg.seed,
@@ -358,7 +360,7 @@ def _one_run(cfg: FinetuneConfig, splits: dict[str, Dataset], category_parts, nu
                             schedule=ScheduleConfig(name="cosine"), log_every=max(1, steps // 20),
                             checkpoint_every=max(1, steps // 4), device=cfg.device,
                             validate_every=max(1, steps // max(1, cfg.validations)))
-    keeper = _BestKeeper(out, score, key)
+    keeper = _BestKeeper(out, lambda m: score(m, splits["val"]), key)
     trainer = Trainer(model, train, train_cfg, out, collate=collate_clouds, log=log,
                       extra_config={"finetune": asdict(cfg), "fraction": fraction, "mode": mode},
                       validate=keeper)
@@ -369,10 +371,7 @@ def _one_run(cfg: FinetuneConfig, splits: dict[str, Dataset], category_parts, nu
 
     model.load_state_dict(load_file(str(out / "best.safetensors"), device=str(device)))
     model.to(device)
-    if cfg.task == "classification":
-        test = classification_scores(model, splits["test"], cfg.batch_size, device)
-    else:
-        test = segmentation_scores(model, splits["test"], category_parts, cfg.batch_size, device)
+    test = score(model, splits["test"])
     return {"fraction": fraction, "mode": mode, "labelled": int(len(train)), "steps": steps, "batch_size": batch,
             "weights": source, "selected": keeper.best, "test": test, "train_seconds": summary["seconds"]}
 
@@ -389,6 +388,7 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
     holder = tempfile.TemporaryDirectory(prefix="pretext3d-finetune-") if cfg.out is None else None
     root = Path(holder.name if holder else cfg.out)
     start = time.perf_counter()
+    key = _scorer(cfg, category_parts, device)[0]
     runs = []
     try:
         for fraction in cfg.fractions:
@@ -396,7 +396,6 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
                 out = root / f"{cfg.task}_{mode}_{fraction:g}"
                 log(f"[finetune] {cfg.task}, {mode} backbone, {100 * fraction:g}% of the labels -> {out}")
                 runs.append(_one_run(cfg, splits, category_parts, num_outputs, fraction, mode, out, device, log))
-                key = "accuracy" if cfg.task == "classification" else "instance_miou"
                 log(f"[finetune] test {key} {100 * runs[-1]['test'][key]:.2f}% (selected at step "
                     f"{runs[-1]['selected']['step']} on validation)")
     finally:
@@ -415,6 +414,6 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
         "runs": runs,
         "device": str(device),
         "seconds": time.perf_counter() - start,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+        "config": config_record(cfg),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

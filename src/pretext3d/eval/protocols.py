@@ -77,7 +77,9 @@ class SplitFeatures:
     info: dict[str, Any]  # backbone source and config
     cached: bool  # both splits came from the cache
     bn_calibration_clouds: int | None  # clouds used for BN calibration (random init, not cached)
-    model: torch.nn.Module | None = None  # the backbone, when it was built for this call
+    model: torch.nn.Module  # the backbone the features come from (on ``device``)
+    fmt: str  # the detected dataset format
+    device: torch.device
 
 
 def backbone_config(name: str, k: int = 20, emb_dims: int = 1024) -> dict[str, Any]:
@@ -155,13 +157,13 @@ def iter_split_features(cfg: FeatureConfig) -> Iterator[SplitFeatures]:
                                                 normals, progress=cfg.progress, desc=f"embed {split} (seed {seed})")
                 if cache:
                     cache.put(key, feats[split])
-        yield SplitFeatures(seed, feats["train"], feats["test"], splits, info, not needs_model, calibrated, model)
+        yield SplitFeatures(seed, feats["train"], feats["test"], splits, info, not needs_model, calibrated, model, fmt, device)
 
 
-def feature_report(cfg: FeatureConfig, protocol: str, extracted: list[SplitFeatures], device: str) -> dict[str, Any]:
+def feature_report(cfg: FeatureConfig, protocol: str, extracted: list[SplitFeatures]) -> dict[str, Any]:
     """The part of every frozen-feature report that says where the features came from."""
-    fmt = detect_format(cfg.data)
     first = extracted[0]
+    fmt = first.fmt
     info = first.info or {}
     return {
         "protocol": protocol,
@@ -183,7 +185,7 @@ def feature_report(cfg: FeatureConfig, protocol: str, extracted: list[SplitFeatu
         "seeds": list(cfg.seeds),
         "bn_calibration_clouds": [sf.bn_calibration_clouds for sf in extracted] if cfg.random_init else None,
         "features_cached": [sf.cached for sf in extracted],
-        "device": device,
+        "device": str(first.device),
     }
 
 
@@ -237,7 +239,7 @@ def _report(cfg: LinearSVMConfig, extracted: list[SplitFeatures], per_seed: list
     cls_acc, cls_std = mean_std([r["class_mean_accuracy"] for r in per_seed])
     chosen = [r["C"] for r in per_seed]
     return {
-        **feature_report(cfg, "linear-svm", extracted, str(resolve_device(cfg.device))),
+        **feature_report(cfg, "linear-svm", extracted),
         "accuracy": acc,
         "accuracy_std": acc_std,
         "class_mean_accuracy": cls_acc,
@@ -256,5 +258,6 @@ def _report(cfg: LinearSVMConfig, extracted: list[SplitFeatures], per_seed: list
     }
 
 
-def config_record(cfg: FeatureConfig) -> dict[str, Any]:
+def config_record(cfg) -> dict[str, Any]:
+    """A protocol config (a dataclass) as JSON-ready settings, without the progress switch."""
     return {k: v for k, v in asdict(cfg).items() if k != "progress"}

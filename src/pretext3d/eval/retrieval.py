@@ -17,7 +17,6 @@ from pretext3d.eval.metrics import RetrievalScores, retrieval_scores
 from pretext3d.eval.protocols import (
     FeatureConfig, config_record, feature_report, iter_split_features, mean_std, prepare_feature_config, skipped_items,
 )
-from pretext3d.utils.device import resolve_device
 
 __all__ = ["RetrievalConfig", "run_retrieval", "within_split_scores", "scores_record"]
 
@@ -62,7 +61,7 @@ def run_retrieval(cfg: RetrievalConfig, log: Callable[[str], None] = print) -> d
         summary[f"top_{k}"] = mean_std([r["top_k"][str(k)] for r in per_seed])
         summary[f"precision_at_{k}"] = mean_std([r["precision_at_k"][str(k)] for r in per_seed])
     return {
-        **feature_report(cfg, "retrieval", extracted, str(resolve_device(cfg.device))),
+        **feature_report(cfg, "retrieval", extracted),
         "modality": "points -> points",
         "queries": "every test object",
         "gallery": "the test split without the query itself (the query is excluded from its own ranking)"

@@ -52,12 +52,13 @@ def _read_json(path: Path) -> dict | None:
 
 def find_evaluations(run: Path, extra: Sequence[str | Path] = ()) -> list[tuple[Path, dict]]:
     """Evaluation reports (JSON objects with a "protocol") in RUN/ and RUN/eval/, and ``extra``."""
+    given = [Path(e) for e in extra]
     found = []
-    for path in [*sorted(run.glob("*.json")), *sorted((run / "eval").glob("*.json")), *map(Path, extra)]:
+    for path in [*sorted(run.glob("*.json")), *sorted((run / "eval").glob("*.json")), *given]:
         report = _read_json(path)
         if report is not None and "protocol" in report:
             found.append((path, report))
-        elif path in map(Path, extra):
+        elif path in given:
             raise ValueError(f"{path}: not a pretext3d evaluation report (no 'protocol')")
     return found
 
@@ -107,6 +108,7 @@ def _settings(report: dict) -> list[tuple[str, str]]:
 def _report_data(cfg: ReportConfig, recipe: dict | None) -> str:
     if cfg.data:
         return cfg.data
+    from pretext3d.data.errors import DataFormatError
     from pretext3d.data.readers import detect_format
 
     candidate = (recipe or {}).get("data")
@@ -114,7 +116,7 @@ def _report_data(cfg: ReportConfig, recipe: dict | None) -> str:
         try:
             detect_format(candidate)
             return str(candidate)
-        except Exception:  # a prepared store or a missing file: fall back to the built-in shapes
+        except DataFormatError:  # a prepared store or a missing file: fall back to the built-in shapes
             pass
     return "builtin:seed=0,train=20,test=10"
 
@@ -166,25 +168,25 @@ def _retrieval_grid(split_features, cfg: ReportConfig, folder: Path) -> dict:
     return {"figure": path.name, "queries": rows, "gallery": "the other test objects", "metric": "cosine"}
 
 
-def _parae_figure(cfg: ReportConfig, dataset, folder: Path, count: int = 3) -> dict | None:
+def _parae_figure(split_features, cfg: ReportConfig, folder: Path, count: int = 3) -> dict | None:
     """ParAE's partitions and Gaussians for a few test clouds, when the backbone is point-wise."""
     import torch
 
-    from pretext3d.engine.checkpoint import load_backbone, resolve_checkpoint
     from pretext3d.losses import gmm_params
     from pretext3d.report.figures import gaussians_figure
 
-    model = load_backbone(resolve_checkpoint(cfg.run)).model.eval()
+    model, dataset = split_features.model.eval(), split_features.splits["test"]
     rng = np.random.default_rng(cfg.seed + 2)
     rows = rng.choice(len(dataset), min(count, len(dataset)), replace=False)
     clouds, parts, pis, mus, sigmas, titles = [], [], [], [], [], []
     for row in rows:
         item = dataset[int(row)]
-        points = torch.from_numpy(item["points"])[None]
+        points = torch.from_numpy(item["points"])[None].to(split_features.device)
         with torch.no_grad():
             logits = model(points).point_logits
         if logits is None:
             return None
+        points, logits = points.cpu(), logits.cpu()
         pi, mu, sigma = gmm_params(points, logits, ridge=1e-4)
         clouds.append(item["points"])
         parts.append(logits[0].argmax(-1).numpy())
@@ -272,9 +274,10 @@ def make_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[s
     sections = [("Run", _table(run_rows))]
     record: dict[str, Any] = {"run": str(run), "recipe": recipe, "summary": summary, "evaluations": [], "figures": {}}
     for path, report in evaluations:
-        content = _table(_headline(report), ("measure", "value")) + _table(_settings(report), css="settings")
+        headline = _headline(report)
+        content = _table(headline, ("measure", "value")) + _table(_settings(report), css="settings")
         sections.append((f"{report['protocol']} ({path.name})", content))
-        record["evaluations"].append({"file": str(path), "protocol": report["protocol"], "headline": _headline(report)})
+        record["evaluations"].append({"file": str(path), "protocol": report["protocol"], "headline": headline})
     if not evaluations:
         sections.append(("Results", '<p class="note">No evaluation reports in the run folder: run '
                          "<code>pretext3d evaluate PROTOCOL ... --json RUN/eval/NAME.json</code>.</p>"))
@@ -302,7 +305,7 @@ def make_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[s
     record["figures"]["retrieval"] = grid
     if _is_parae(recipe):
         log("[report] ParAE Gaussians")
-        gauss = _parae_figure(cfg, split_features.splits["test"], folder)
+        gauss = _parae_figure(split_features, cfg, folder)
         if gauss:
             sections.append(("ParAE partitions and Gaussians", _image(folder, gauss["figure"], "ParAE Gaussians")
                              + f'<p class="note">Points coloured by their most likely partition; {gauss["shown"]}.</p>'))
