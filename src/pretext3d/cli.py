@@ -149,8 +149,8 @@ def format_demo(rows: list[tuple[str, dict, dict | None]], seconds: float, out: 
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="one self-contained HTML page about a pretrained run",
                        description="Result tables of the evaluation JSONs in RUN (RUN/*.json, RUN/eval/*.json) with their "
-                       "protocol settings, training curves, a t-SNE of the test features, retrieval grids and, for ParAE, "
-                       "the fitted Gaussians. PNGs and report.json are written next to the page.")
+                       "protocol settings, training curves, a t-SNE of the test features, retrieval grids, for ParAE "
+                       "the fitted Gaussians and for Pic@Point heatmaps of a point's similarity to the image regions. PNGs and report.json are written next to the page.")
     p.add_argument("run", help="a finished `pretext3d pretrain` run folder")
     p.add_argument("--out", required=True, help="the HTML page to write")
     p.add_argument("--data", help="dataset for the t-SNE and retrieval (default: the run's data when readable, else builtin)")

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-__all__ = ["add_evaluate", "at_least", "format_linear_svm", "format_fewshot", "format_retrieval", "format_finetune"]
+if TYPE_CHECKING:  # the protocols are imported when a command runs (a fast --help)
+    from pretext3d.eval.semseg import SemsegConfig
+
+__all__ = ["add_evaluate", "at_least", "format_linear_svm", "format_fewshot", "format_retrieval", "format_finetune",
+           "format_store_retrieval", "format_multiview", "format_pretext", "add_semseg_arguments", "semseg_config"]
 
 
 def at_least(minimum: int):
@@ -29,6 +33,9 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     _add_retrieval(esub)
     _add_finetune(esub, "finetune-cls", "classification")
     _add_finetune(esub, "partseg", "partseg")
+    _add_multiview(esub)
+    _add_pretext(esub)
+    _add_semseg(esub)
 
 
 def _add_feature_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +55,8 @@ def _add_feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset", choices=["modelnet10"], help="evaluate on the ModelNet10 classes of a ModelNet40 source")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (init, BN calibration, sampling); mean +- std is reported")
     p.add_argument("--batch-size", type=at_least(2), default=32)
-    p.add_argument("--bn-calibration", type=at_least(2), default=2048, metavar="N", help="training clouds for BN calibration with --random-init")
+    p.add_argument("--bn-calibration", type=at_least(2), metavar="N", help="with --random-init: training clouds for BN "
+                   "calibration (default 2048; with --modalities: training objects, default 256)")
     p.add_argument("--k", type=at_least(1), default=20, help="DGCNN neighbours (default 20)")
     p.add_argument("--emb-dims", type=at_least(1), default=1024, help="backbone embedding width for --random-init (default 1024)")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
@@ -81,7 +89,7 @@ def _feature_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         data=args.data, backbone=backbone, checkpoint=args.checkpoint, random_init=args.random_init,
         num_points=args.points, subsample=args.subsample, subset=args.subset, seeds=args.seeds,
-        batch_size=args.batch_size, bn_calibration_clouds=args.bn_calibration, k=args.k, emb_dims=args.emb_dims,
+        batch_size=args.batch_size, bn_calibration_clouds=args.bn_calibration or 2048, k=args.k, emb_dims=args.emb_dims,
         random_config=random_config, device=args.device, num_workers=args.workers, cache_dir=args.cache_dir,
         use_cache=not args.no_cache, progress=not args.quiet,
     )
@@ -219,12 +227,64 @@ def _add_retrieval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=at_least(1), nargs="+", default=[1, 5, 10], help="k of top-k accuracy and precision@k")
     p.add_argument("--gallery", choices=["test", "train"], default="test",
                    help="test: the other test objects (default); train: the train split")
+    store = p.add_argument_group("within and across the modalities of a prepared store (--data STORE, --checkpoint RUN "
+                                 "or --random-init --like RUN)")
+    store.add_argument("--modalities", nargs="+", choices=["points", "image", "mesh"],
+                       help="retrieve among these modalities of a store: every within-modal pair, and in the shared "
+                       "space every ordered cross-modal pair")
+    store.add_argument("--space", choices=["shared", "encoder"], default="shared",
+                       help="shared: the method's heads into the space its loss aligns (default); encoder: the encoders' "
+                       "outputs (within-modal pairs only)")
+    _add_view_args(store, multiple=False)
     p.set_defaults(func=_cmd_retrieval)
 
 
-def _cmd_retrieval(args: argparse.Namespace) -> int:
-    from pretext3d.eval.retrieval import RetrievalConfig, run_retrieval
+def _add_view_args(p, multiple: bool) -> None:
+    if multiple:
+        p.add_argument("--views", type=at_least(1), nargs="+", default=[1, 12, 36, 80],
+                       help="view counts v to pool (default 1 12 36 80; counts above the store's are skipped, its own is added)")
+    else:
+        p.add_argument("--views", type=at_least(1), help="image views pooled per object (default all the store has)")
+    p.add_argument("--pool", choices=["max", "mean"], default="max", help="pooling of per-view features (default max, as MVCNN)")
+    p.add_argument("--image-size", type=at_least(8), help="side the views are fed at (default: the run's training size, "
+                   "else the store's)")
 
+
+def _store_run(args: argparse.Namespace) -> str:
+    """The run folder whose method a store protocol uses: --checkpoint, or --like with --random-init."""
+    run = args.checkpoint or args.like
+    if not run:
+        raise ValueError("protocols on a store's modalities need --checkpoint RUN, or --random-init --like RUN")
+    if args.like and args.checkpoint:
+        raise ValueError("--like goes with --random-init")
+    if getattr(args, "backbone", None):
+        import json
+        from pathlib import Path
+
+        recipe_file = Path(run) / "recipe.json"
+        held = json.loads(recipe_file.read_text())["model"].get("backbone") if recipe_file.is_file() else None
+        if held and held != args.backbone:
+            raise ValueError(f"{run}: the run's point backbone is {held}, not {args.backbone}")
+    return run
+
+
+def _store_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(data=args.data, checkpoint=_store_run(args), random_init=args.random_init,
+                bn_calibration_objects=args.bn_calibration or 256, num_points=args.points, image_size=args.image_size,
+                batch_size=args.batch_size, device=args.device, num_workers=args.workers, cache_dir=args.cache_dir,
+                use_cache=not args.no_cache, progress=not args.quiet)
+
+
+def _cmd_retrieval(args: argparse.Namespace) -> int:
+    from pretext3d.eval.retrieval import RetrievalConfig, StoreRetrievalConfig, run_retrieval, run_store_retrieval
+
+    if args.modalities:
+        cfg = StoreRetrievalConfig(**_store_kwargs(args), seed=args.seeds[0], modalities=tuple(args.modalities),
+                                   space=args.space, views=args.views, pool=args.pool, metric=args.metric,
+                                   ks=tuple(args.top_k))
+        return _run_protocol(args, run_store_retrieval, cfg, format_store_retrieval)
+    if args.views or args.image_size:
+        raise ValueError("--views and --image-size go with --modalities (retrieval among a store's modalities)")
     cfg = RetrievalConfig(**_feature_kwargs(args), metric=args.metric, ks=tuple(args.top_k), gallery=args.gallery)
     return _run_protocol(args, run_retrieval, cfg, format_retrieval)
 
@@ -236,6 +296,25 @@ def format_retrieval(report: dict) -> str:
     for name, res in report["results"].items():
         lines.append(f"  {name:15s} {100 * res['mean']:.2f}%" + (f" +- {100 * res['std']:.2f}" if len(report["seeds"]) > 1 else ""))
     return "\n".join(lines + _skipped(report))
+
+
+def format_store_retrieval(report: dict) -> str:
+    views = report["views"]
+    lines = [f"retrieval  {report['dataset']} ({report['test_size']} test objects, {report['num_classes']} classes)",
+             f"  weights         {report['weights']}",
+             f"  space           {report['space']}",
+             f"  views           {views['count']} per object, {views['pool']}-pooled; image size {report['image_size']}",
+             f"  distance        {report['metric']}",
+             f"  {'query->gallery':16s} {'mAP':>7s} " + " ".join(f"{'top-' + k:>7s}" for k in
+                                                                next(iter(report["results"].values()))["top_k"])
+             + "   instance top-1"]
+    if report["bn_calibration"]:
+        lines.insert(2, f"  BN statistics   {report['bn_calibration']}")
+    for name, res in report["results"].items():
+        instance = res.get("instance")
+        lines.append(f"  {name:16s} {100 * res['mAP']:6.2f}% " + " ".join(f"{100 * v:6.2f}%" for v in res["top_k"].values())
+                     + (f"   {100 * instance['top_k']['1']:6.2f}%" if instance and "1" in instance["top_k"] else ""))
+    return "\n".join(lines)
 
 
 # --- fine-tuning ------------------------------------------------------------------------------
@@ -258,6 +337,17 @@ def _add_finetune(sub: argparse._SubParsersAction, name: str, task: str) -> None
     )
     p.add_argument("--data", required=True, help="classification: any supported dataset; part segmentation: a ShapeNetPart "
                    "folder (shapenetcore_partanno_segmentation_benchmark_v0_normal) or 'builtin[:seed=,train=,test=]'")
+    _add_trained_weights(p)
+    _add_training(p, "objects", "label fractions, e.g. 0.02 0.2 1 or 2%% 20%% 100%%")
+    p.add_argument("--label-smoothing", type=float, default=0.2 if task == "classification" else 0.0,
+                   help="classification cross-entropy smoothing (default 0.2, as DGCNN)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="classification: share of train held out for validation")
+    p.add_argument("--points", type=at_least(1), default=1024 if task == "classification" else 2048)
+    p.set_defaults(func=_cmd_finetune, task=task)
+
+
+def _add_trained_weights(p: argparse.ArgumentParser) -> None:
+    """Where a fine-tuned backbone starts from."""
     p.add_argument("--backbone", help="with --random-init: the backbone to build (pointnet, dgcnn, pointnet-pointwise, "
                    "dgcnn-seg, ...); with --checkpoint: checks what it holds")
     init = p.add_mutually_exclusive_group(required=True)
@@ -265,26 +355,25 @@ def _add_finetune(sub: argparse._SubParsersAction, name: str, task: str) -> None
     init.add_argument("--checkpoint", help="a `pretext3d pretrain` run folder or backbone checkpoint")
     p.add_argument("--like", metavar="CHECKPOINT", help="with --random-init: the architecture of this checkpoint")
     p.add_argument("--emb-dims", type=at_least(1), help="with --random-init: the backbone's embedding width")
-    p.add_argument("--fractions", type=_fraction, nargs="+", default=[1.0], help="label fractions, e.g. 0.02 0.2 1 or 2%% 20%% 100%%")
+
+
+def _add_training(p: argparse.ArgumentParser, items: str, fractions_help: str) -> None:
+    """The fine-tuning runs: label fractions, frozen / unfrozen, optimisation, selection, output."""
+    p.add_argument("--fractions", type=_fraction, nargs="+", default=[1.0], help=fractions_help)
     p.add_argument("--modes", nargs="+", choices=["frozen", "unfrozen"], default=["unfrozen"],
                    help="frozen: only the new head trains; unfrozen: everything trains")
-    p.add_argument("--epochs", type=float, default=50.0, help="passes over the labelled objects (default 50)")
+    p.add_argument("--epochs", type=float, default=50.0, help=f"passes over the labelled {items} (default 50)")
     p.add_argument("--min-steps", type=at_least(0), default=0, help="at least this many steps per run (small fractions)")
-    p.add_argument("--batch-size", type=at_least(2), default=32)
+    p.add_argument("--batch-size", type=at_least(2), default=32, help=f"{items} per batch (default 32)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
-    p.add_argument("--label-smoothing", type=float, default=0.2 if task == "classification" else 0.0,
-                   help="classification cross-entropy smoothing (default 0.2, as DGCNN)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="classification: share of train held out for validation")
     p.add_argument("--validations", type=at_least(1), default=10, help="validation passes per run (default 10)")
-    p.add_argument("--points", type=at_least(1), default=1024 if task == "classification" else 2048)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="keep the run folders here (default: a temporary folder)")
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_finetune, task=task)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -317,3 +406,176 @@ def format_finetune(report: dict) -> str:
         lines.append(f"  {100 * run['fraction']:7g}% {run['mode']:>9s} {run['labelled']:8d} {run['steps']:6d} "
                      f"{run['selected']['step']:10d}  {values}")
     return "\n".join(lines)
+
+
+# --- store protocols: multi-view recognition, pretext metrics ---------------------------------
+
+
+def _add_store_args(p: argparse.ArgumentParser, image_only: bool) -> argparse._MutuallyExclusiveGroup:
+    p.add_argument("--data", required=True, help="a prepared store (`pretext3d prepare`)")
+    init = p.add_mutually_exclusive_group(required=True)
+    init.add_argument("--checkpoint", metavar="RUN", help="a `pretext3d pretrain` run folder")
+    init.add_argument("--random-init", action="store_true", help="random weights; BatchNorm statistics calibrated on "
+                      "training objects" + ("" if image_only else " (needs --like RUN: the architecture)"))
+    p.add_argument("--like", metavar="RUN", help="with --random-init: the method of this run folder with random weights")
+    p.add_argument("--points", type=at_least(1), default=1024, help="points per cloud (the first N stored; default 1024)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init, calibration and draws")
+    p.add_argument("--batch-size", type=at_least(2), default=16, help="objects per batch (all their views at once)")
+    p.add_argument("--bn-calibration", type=at_least(2), metavar="N", help="with --random-init: training objects for BN "
+                   "calibration (default 256)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=at_least(0), default=0, help="data-loading processes (decoding the views)")
+    p.add_argument("--cache-dir", help="feature cache (default ~/.cache/pretext3d/features or $PRETEXT3D_CACHE)")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--json", metavar="OUT", help="also write the report (every protocol setting and the numbers) as JSON")
+    p.add_argument("--quiet", action="store_true")
+    return init
+
+
+def _add_multiview(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "multiview", help="multi-view 2D recognition: image features pooled over v views + linear SVM",
+        description="Embed every rendered view of a store's objects with an image encoder (a run's, torchvision "
+        "weights, or random), pool v views per object (max or mean) and fit a linear SVM (train -> test), per v.",
+    )
+    init = _add_store_args(p, image_only=True)
+    init.add_argument("--image-weights", metavar="FILE", help="torchvision ResNet weights on disk (.pth/.safetensors)")
+    p.add_argument("--backbone", choices=["resnet18", "resnet50"], help="the image encoder for --random-init / "
+                   "--image-weights (default resnet18); with --checkpoint, checks the run's")
+    _add_view_args(p, multiple=True)
+    p.add_argument("--C", type=float, help="SVM C; default: chosen by CV on train")
+    p.add_argument("--C-grid", type=float, nargs="+", help="candidate Cs for the CV (default 0.001 0.01 0.1 1 10)")
+    p.add_argument("--folds", type=at_least(2), default=3)
+    p.add_argument("--svm", choices=["svc", "linearsvc"], default="svc")
+    p.set_defaults(func=_cmd_multiview)
+
+
+def _cmd_multiview(args: argparse.Namespace) -> int:
+    from pretext3d.eval.linear_svm import DEFAULT_C_GRID
+    from pretext3d.eval.multiview import MultiviewConfig, run_multiview
+
+    if args.like:
+        raise ValueError("multiview builds a bare ResNet for --random-init: name it with --backbone, not --like")
+    cfg = MultiviewConfig(data=args.data, checkpoint=args.checkpoint, random_init=args.random_init,
+                          image_weights=args.image_weights, backbone=args.backbone, view_counts=tuple(args.views),
+                          pool=args.pool, image_size=args.image_size, seed=args.seed, C=args.C,
+                          C_grid=tuple(args.C_grid or DEFAULT_C_GRID), folds=args.folds, svm=args.svm,
+                          batch_size=args.batch_size, bn_calibration_objects=args.bn_calibration or 256,
+                          device=args.device, num_workers=args.workers, cache_dir=args.cache_dir,
+                          use_cache=not args.no_cache, progress=not args.quiet)
+    return _run_protocol(args, run_multiview, cfg, format_multiview)
+
+
+def format_multiview(report: dict) -> str:
+    lines = [f"multiview  {report['dataset']} ({report['train_size']} train / {report['test_size']} test, "
+             f"{report['num_classes']} classes, {report['store_views']} views per object)",
+             f"  weights         {report['weights']}",
+             f"  images          {report['image_size']} px, {report['feature_dim']}-d features, {report['pool']}-pooled",
+             f"  classifier      {report['classifier']}"]
+    if report["bn_calibration"]:
+        lines.append(f"  BN statistics   {report['bn_calibration']}")
+    if report["view_counts_skipped"]:
+        lines.append(f"  skipped         view counts {report['view_counts_skipped']} (the store has {report['store_views']})")
+    for res in report["results"]:
+        lines.append(f"  {res['views']:3d} view(s)     {100 * res['accuracy']:.2f}%  (class mean "
+                     f"{100 * res['class_mean_accuracy']:.2f}%, C={res['C']:g})")
+    return "\n".join(lines)
+
+
+def _add_pretext(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretext", help="pretext metrics: 'same object' accuracy on balanced pairs, positive / negative pair distances",
+        description="On balanced pairs of test objects (10x the test split, half positive): cross-modal (view, cloud) "
+        "accuracy of the method's pair classifier (CMCV) and distances in its shared space (CrossPoint, Pic@Point, "
+        "MIMS); cross-view (view, other view) distances of the image encoder. Distance thresholds are fitted on "
+        "training pairs only.",
+    )
+    _add_store_args(p, image_only=False)
+    p.add_argument("--backbone", help="checks the run's point backbone")
+    p.add_argument("--image-size", type=at_least(8), help="side the views are fed at (default: the run's training size)")
+    p.add_argument("--pairs-factor", type=at_least(1), default=10, help="pairs per test object (default 10)")
+    p.add_argument("--threshold-objects", type=at_least(2), default=1024,
+                   help="training objects the distance thresholds are fitted on (default 1024)")
+    p.set_defaults(func=_cmd_pretext)
+
+
+def _cmd_pretext(args: argparse.Namespace) -> int:
+    from pretext3d.eval.pretext_metrics import PretextConfig, run_pretext
+
+    cfg = PretextConfig(**_store_kwargs(args), seed=args.seed, pairs_factor=args.pairs_factor,
+                        threshold_objects=args.threshold_objects)
+    return _run_protocol(args, run_pretext, cfg, format_pretext)
+
+
+def format_pretext(report: dict) -> str:
+    lines = [f"pretext  {report['dataset']} ({report['test_size']} test objects); {report['method']}: {report['weights']}",
+             f"  pairs           {report['pairs']['count']} ({report['pairs']['positive']} positive); thresholds "
+             f"{report['threshold_fit']}"]
+    if report["bn_calibration"]:
+        lines.append(f"  BN statistics   {report['bn_calibration']}")
+    for name, res in report["results"].items():
+        line = f"  {name:23s} accuracy {100 * res['accuracy']:6.2f}%"
+        if "positive_distance" in res:
+            pos, neg = res["positive_distance"], res["negative_distance"]
+            line += f"   distance positive {pos['mean']:.3f} +- {pos['std']:.3f}, negative {neg['mean']:.3f} +- {neg['std']:.3f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# --- semantic segmentation ---------------------------------------------------------------------------
+
+
+def add_semseg_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option of ``pretext3d evaluate semseg`` (names and meanings as ``finetune``'s where
+    they overlap)."""
+    p.add_argument("--data", required=True, help="an S3DIS folder: Stanford3dDataset_v1.2_Aligned_Version "
+                   "(Area_N/<room>/Annotations/<class>_<k>.txt) or the npy export (Area_N_<room>.npy)")
+    p.add_argument("--test-area", type=int, default=5, help="the area tested (default 5); the others train")
+    _add_trained_weights(p)
+    p.add_argument("--k", type=at_least(1), help="with --random-init: DGCNN neighbours")
+    p.add_argument("--features", choices=["xyz", "xyzrgb", "all"],
+                   help="input channels per point: xyz (block-centred x, y and z), xyzrgb (+ colour), all (+ x, y, z "
+                   "over the room's extent: PointNet's 9); default: what the backbone takes (a checkpoint's in_channels; "
+                   "xyz for --random-init)")
+    p.add_argument("--block-size", type=float, default=1.0, help="block side in metres, x and y (default 1)")
+    p.add_argument("--stride", type=float, help="step between validation / test blocks (default: half the block size)")
+    p.add_argument("--points", type=at_least(1), default=4096, help="points per block (default 4096)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the training rooms held out whole for model selection (default 0.1, at least one room)")
+    _add_training(p, "blocks", "label fractions: shares of the training rooms, e.g. 0.1 1 or 10%% 100%%")
+
+
+def semseg_config(args: argparse.Namespace) -> SemsegConfig:
+    """The SemsegConfig of parsed ``add_semseg_arguments`` options (resolving --like)."""
+    from pretext3d.eval.semseg import SemsegConfig
+
+    backbone, random_config = _like_architecture(args)
+    if args.random_init and not backbone:
+        raise ValueError("--random-init needs --backbone (or --like CHECKPOINT)")
+    overrides = {key: value for key, value in (("emb_dims", args.emb_dims), ("k", args.k)) if value}
+    if overrides and not args.random_init:
+        raise ValueError("--emb-dims and --k go with --random-init (a checkpoint fixes its architecture)")
+    return SemsegConfig(data=args.data, test_area=args.test_area, backbone=backbone, checkpoint=args.checkpoint,
+                        random_init=args.random_init, random_config={**(random_config or {}), **overrides},
+                        features=args.features, block_size=args.block_size, stride=args.stride, num_points=args.points,
+                        val_fraction=args.val_fraction, fractions=args.fractions, modes=args.modes, epochs=args.epochs,
+                        min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr,
+                        weight_decay=args.weight_decay, optimizer=args.optimizer, validations=args.validations,
+                        seed=args.seed, device=args.device, out=args.out, progress=not args.quiet)
+
+
+def _add_semseg(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "semseg", help="semantic segmentation on S3DIS: train on blocks of the other areas, test one area by voting",
+        description="Fine-tune a segmentation head (frozen or trainable backbone) on blocks of the training areas; "
+        "select on whole held-out training rooms; tile every test room with overlapping blocks, sum each point's "
+        "class scores over its blocks and score all points (overall accuracy, mean class accuracy, mIoU).",
+    )
+    add_semseg_arguments(p)
+    p.set_defaults(func=_cmd_semseg)
+
+
+def _cmd_semseg(args: argparse.Namespace) -> int:
+    from pretext3d.eval.semseg import format_semseg, run_semseg
+
+    return _run_protocol(args, run_semseg, semseg_config(args), format_semseg)

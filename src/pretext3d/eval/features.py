@@ -4,7 +4,9 @@ and the BatchNorm calibration used for randomly initialised backbones."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -16,7 +18,7 @@ from pretext3d.data.pointclouds import PointCloudDataset
 from pretext3d.utils.device import rank_and_world
 from pretext3d.utils.progress import progress_bar
 
-__all__ = ["Features", "extract_features", "calibrate_batchnorm", "collate_clouds"]
+__all__ = ["Features", "extract_features", "calibrate_batchnorm", "batchnorm_calibration", "collate_clouds"]
 
 
 @dataclass
@@ -124,6 +126,28 @@ def _gather(local: Features) -> Features:
     )
 
 
+@contextmanager
+def batchnorm_calibration(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, forward passes set ``model``'s BatchNorm running statistics to the
+    cumulative average of the batch statistics (reset first; momentum=None; train mode with
+    dropout off); afterwards the momenta are restored and the model is in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    try:
+        yield model
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
+
+
 @torch.no_grad()
 def calibrate_batchnorm(
     model: nn.Module,
@@ -150,28 +174,17 @@ def calibrate_batchnorm(
         raise ValueError(f"BatchNorm calibration needs batches of at least 2 clouds, got {batch_size}")
     device = torch.device(device)
     model = model.to(device)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.eval()
     generator = torch.Generator().manual_seed(seed)
     count = min(num_clouds, len(dataset))
     chosen = torch.randperm(len(dataset), generator=generator)[:count].tolist()
     used = 0
     batches = _loader(Subset(dataset, chosen), batch_size, num_workers)
-    for batch in progress_bar(batches, desc="BN calibration", unit="batch", enabled=progress):
-        if "points" not in batch or len(batch["points"]) < 2:
-            continue
-        model(*_model_inputs(batch, device, use_normals))
-        used += len(batch["points"])
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.eval()
+    with batchnorm_calibration(model):
+        for batch in progress_bar(batches, desc="BN calibration", unit="batch", enabled=progress):
+            if "points" not in batch or len(batch["points"]) < 2:
+                continue
+            model(*_model_inputs(batch, device, use_normals))
+            used += len(batch["points"])
     if used == 0:
         raise ValueError("BatchNorm calibration found no readable training clouds")
     return used

@@ -139,6 +139,25 @@ def _point_classifier(backbone: nn.Module) -> tuple[nn.Module, str] | None:
     return None
 
 
+def segmentation_output(backbone: nn.Module, backbone_config: dict[str, Any], outputs: int,
+                        local_dim: Callable[[], int]) -> nn.Module | None:
+    """Make ``backbone`` give ``outputs`` logits per point. A point-wise backbone gets a new final
+    linear layer in place of its own (``backbone_config["num_outputs"]`` follows) and None is
+    returned; for a global backbone the head on [local feature ; global feature] per point is
+    returned: PointwiseBlock(C + D, 256) PointwiseBlock(256, 128) Linear(128, outputs), with C =
+    ``local_dim()``."""
+    found = _point_classifier(backbone)
+    if found is not None:
+        old, path = found
+        new = nn.Linear(old.in_features, outputs, bias=old.bias is not None)
+        parent = backbone if path == "classifier" else backbone.head
+        setattr(parent, path.rsplit(".", 1)[-1], new)
+        backbone_config["num_outputs"] = outputs
+        return None
+    return nn.Sequential(PointwiseBlock(local_dim() + backbone.global_dim, 256), PointwiseBlock(256, 128),
+                         nn.Linear(128, outputs))
+
+
 @torch.no_grad()
 def _local_dim(backbone: nn.Module) -> int:
     """Width of a backbone's per-point features, from a tiny forward pass in eval mode (so that
@@ -166,19 +185,8 @@ class PartSegmenter(_FineTuned):
     def __init__(self, backbone: nn.Module, backbone_name: str, backbone_config: dict[str, Any], num_parts: int,
                  category_parts: dict[int, Sequence[int]], freeze: bool = False, augment: bool = True):
         super().__init__(backbone, backbone_name, backbone_config, freeze)
-        found = _point_classifier(backbone)
-        self.pointwise = found is not None
-        if found is not None:
-            old, path = found
-            new = nn.Linear(old.in_features, num_parts, bias=old.bias is not None)
-            parent = backbone if path == "classifier" else backbone.head
-            setattr(parent, path.rsplit(".", 1)[-1], new)
-            self.backbone_config["num_outputs"] = num_parts
-            self.head = None
-        else:
-            local_dim = _local_dim(backbone)
-            self.head = nn.Sequential(PointwiseBlock(local_dim + backbone.global_dim, 256),
-                                      PointwiseBlock(256, 128), nn.Linear(128, num_parts))
+        self.head = segmentation_output(backbone, self.backbone_config, num_parts, lambda: _local_dim(backbone))
+        self.pointwise = self.head is None
         mask = torch.full((max(category_parts) + 1, num_parts), float("-inf"))
         for category, parts in category_parts.items():
             mask[category, list(parts)] = 0.0
@@ -272,6 +280,19 @@ class FinetuneConfig:
     progress: bool = True
 
 
+def finetune_schedule(cfg: Any, items: int) -> TrainConfig:
+    """The training run of one fine-tuning: batches of min(batch_size, items) (at least 2),
+    max(min_steps, ceil(epochs x items / batch)) steps, cosine schedule, ``validations``
+    validation passes. cfg: a fine-tuning config (FinetuneConfig, SemsegConfig)."""
+    batch = max(2, min(cfg.batch_size, items))
+    steps = max(1, cfg.min_steps, math.ceil(cfg.epochs * items / batch))
+    return TrainConfig(steps=steps, batch_size=batch, seed=cfg.seed,
+                       optimizer=OptimConfig(name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay),
+                       schedule=ScheduleConfig(name="cosine"), log_every=max(1, steps // 20),
+                       checkpoint_every=max(1, steps // 4), device=cfg.device,
+                       validate_every=max(1, steps // max(1, cfg.validations)))
+
+
 def _open_task_splits(cfg: FinetuneConfig) -> tuple[dict[str, Dataset], dict[int, list[int]] | None, int]:
     """(train / val / test datasets, category -> parts, number of outputs)."""
     if cfg.task == "partseg":
@@ -353,13 +374,8 @@ def _one_run(cfg: FinetuneConfig, splits: dict[str, Dataset], category_parts, nu
     else:
         model = PartSegmenter(backbone, name, config, num_outputs, category_parts, freeze)
     key, score = _scorer(cfg, category_parts, device)
-    batch = max(2, min(cfg.batch_size, len(train)))
-    steps = max(1, cfg.min_steps, math.ceil(cfg.epochs * len(train) / batch))
-    train_cfg = TrainConfig(steps=steps, batch_size=batch, seed=cfg.seed,
-                            optimizer=OptimConfig(name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay),
-                            schedule=ScheduleConfig(name="cosine"), log_every=max(1, steps // 20),
-                            checkpoint_every=max(1, steps // 4), device=cfg.device,
-                            validate_every=max(1, steps // max(1, cfg.validations)))
+    train_cfg = finetune_schedule(cfg, len(train))
+    batch, steps = train_cfg.batch_size, train_cfg.steps
     keeper = _BestKeeper(out, lambda m: score(m, splits["val"]), key)
     trainer = Trainer(model, train, train_cfg, out, collate=collate_clouds, log=log,
                       extra_config={"finetune": asdict(cfg), "fraction": fraction, "mode": mode},

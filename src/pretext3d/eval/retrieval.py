@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from pretext3d.eval.metrics import RetrievalScores, retrieval_scores
+from pretext3d.eval.modalities import StoreProtocolConfig
 from pretext3d.eval.protocols import (
     FeatureConfig, config_record, feature_report, iter_split_features, mean_std, prepare_feature_config, skipped_items,
 )
 
-__all__ = ["RetrievalConfig", "run_retrieval", "within_split_scores", "scores_record"]
+__all__ = ["RetrievalConfig", "run_retrieval", "within_split_scores", "scores_record", "StoreRetrievalConfig",
+           "run_store_retrieval", "modality_pairs"]
 
 
 @dataclass
@@ -74,6 +77,99 @@ def run_retrieval(cfg: RetrievalConfig, log: Callable[[str], None] = print) -> d
         "results": {name: {"mean": m, "std": s} for name, (m, s) in summary.items()},
         "per_seed": per_seed,
         "skipped": skipped_items(extracted),
+        "config": config_record(cfg),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+# --- within and across modalities of a prepared store -----------------------------------------
+
+
+@dataclass
+class StoreRetrievalConfig(StoreProtocolConfig):
+    """Retrieval among the modalities of a prepared store with a pretraining run's encoders.
+    space: shared (the method's aligned space: cross-modal pairs too) or encoder (within-modal
+    pairs only); views: image views pooled per object (default all the store has)."""
+
+    modalities: tuple[str, ...] = ("points", "image")
+    space: str = "shared"
+    views: int | None = None
+    pool: str = "max"
+    metric: str = "cosine"
+    ks: tuple[int, ...] = (1, 5, 10)
+
+
+def modality_pairs(modalities: tuple[str, ...], cross: bool) -> list[tuple[str, str]]:
+    """(query, gallery) modality pairs: every within-modal pair, and every ordered cross pair if ``cross``."""
+    return [(q, g) for q in modalities for g in modalities if q == g or cross]
+
+
+def run_store_retrieval(cfg: StoreRetrievalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Test-split retrieval for every (query, gallery) modality pair. Within a modality the query
+    is excluded from its own ranking; across modalities the gallery holds every test object in
+    the other modality, the query object's own counterpart included (it counts as relevant, as
+    any object of its class). Instance scores say how often that counterpart ranks in the top k."""
+    from pretext3d.data.store import read_store_settings
+    from pretext3d.eval.modalities import (
+        calibrate_encoders, calibration_note, describe_encoders, embed_store, load_run_encoders, pool_views, view_subset,
+    )
+    from pretext3d.eval.multiview import image_size_of
+    from pretext3d.utils.device import resolve_device
+
+    if cfg.pool not in ("max", "mean"):
+        raise ValueError(f"pool must be 'max' or 'mean', got {cfg.pool!r}")
+    encoders, recipe = load_run_encoders(cfg.checkpoint, cfg.space, cfg.random_init, cfg.seed)
+    settings, _ = read_store_settings(Path(cfg.data))
+    views = view_subset(settings.views, cfg.views or settings.views)
+    image_size = image_size_of(recipe, cfg.data, cfg.image_size)
+    device = resolve_device(cfg.device)
+    calibrated = calibrate_encoders(encoders, cfg.data, cfg.modalities, cfg.num_points, image_size,
+                                    cfg.bn_calibration_objects, cfg.batch_size, cfg.seed, device, cfg.num_workers,
+                                    cfg.progress) if cfg.random_init else None
+    test = embed_store(encoders, cfg.data, "test", cfg.modalities, cfg.num_points, image_size, cfg.batch_size, device,
+                       cfg.num_workers, cfg.cache_dir, cfg.use_cache, cfg.progress)
+    features = {m: pool_views(f, views, cfg.pool) if m == "image" else f for m, f in test.features.items()}
+    labels, objects = test.labels, np.arange(len(test.labels))
+    results: dict[str, Any] = {}
+    for query, gallery in modality_pairs(tuple(cfg.modalities), cfg.space == "shared"):
+        name = f"{query}->{gallery}"
+        if query == gallery:
+            results[name] = scores_record(within_split_scores(features[query], labels, cfg.metric, cfg.ks))
+        else:
+            results[name] = scores_record(retrieval_scores(features[query], labels, features[gallery], labels,
+                                                           cfg.metric, cfg.ks))
+            instance = retrieval_scores(features[query], objects, features[gallery], objects, cfg.metric, cfg.ks)
+            results[name]["instance"] = {"top_k": {str(k): v for k, v in instance.top_k.items()},
+                                         "mean_reciprocal_rank": instance.mAP}
+        log(f"{name:14s} mAP {100 * results[name]['mAP']:.2f}%, " +
+            ", ".join(f"top-{k} {100 * v:.2f}%" for k, v in results[name]["top_k"].items()))
+    return {
+        "protocol": "retrieval",
+        "dataset": cfg.data,
+        "num_classes": len(test.classes),
+        "test_size": len(labels),
+        "weights": encoders.source,
+        "bn_calibration": calibration_note(calibrated),
+        "space": cfg.space + (": the method's heads into the space its loss aligns across modalities" if cfg.space == "shared"
+                              else ": each modality's encoder output (within-modal pairs only)"),
+        "encoders": describe_encoders(encoders, cfg.modalities),
+        "feature_dims": {m: int(f.shape[-1]) for m, f in features.items()},
+        "num_points": cfg.num_points,
+        "image_size": image_size,
+        "views": {"count": len(views), "indices": views.tolist(), "pool": cfg.pool,
+                  "rule": "views floor(i * V / v), i < v, of the store's V; per-view features pooled"},
+        "queries": "every test object",
+        "gallery": {"within-modal": "the other test objects (the query is excluded from its own ranking)",
+                    "cross-modal": "every test object in the other modality, the query's own counterpart included"},
+        "metric": cfg.metric + (" distance 1 - cos on the raw features" if cfg.metric == "cosine" else " distance"),
+        "relevance": "same class as the query; instance scores: the query object's own counterpart",
+        "definitions": {"top_k": "fraction of queries with at least one relevant item among the k nearest",
+                        "precision_at_k": "mean fraction of relevant items among the k nearest",
+                        "mAP": "mean over queries of the average precision of the full ranking (ties: lower index first)",
+                        "instance.mean_reciprocal_rank": "mean of 1 / rank of the query's own counterpart"},
+        "results": results,
+        "features_cached": test.cached,
+        "device": str(device),
         "config": config_record(cfg),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -3,8 +3,9 @@
 The page holds: the run (method, backbone, steps, time), the result tables of every evaluation
 JSON found in the run folder (``RUN/*.json``, ``RUN/eval/*.json`` with a "protocol") or given,
 each with its protocol settings; the training curves (metrics.jsonl); a t-SNE of the backbone's
-test-split features coloured by class; retrieval grids (queries and their top-k, rendered); and,
-for ParAE, the fitted Gaussians as ellipsoids over the points. Pictures are embedded (base64)
+test-split features coloured by class; retrieval grids (queries and their top-k, rendered); for
+ParAE, the fitted Gaussians as ellipsoids over the points; for Pic@Point, heatmaps of one point's
+similarity to the regions of a rendered view (``report.picpoint``). Pictures are embedded (base64)
 and also written as PNGs next to the page, with ``report.json``: everything the page shows.
 The page checks itself on load: ``<body data-images="loaded/total" data-errors="n">``.
 """
@@ -310,6 +311,13 @@ def make_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[s
             sections.append(("ParAE partitions and Gaussians", _image(folder, gauss["figure"], "ParAE Gaussians")
                              + f'<p class="note">Points coloured by their most likely partition; {gauss["shown"]}.</p>'))
             record["figures"]["parae"] = gauss
+    from pretext3d.report.picpoint import SECTION_TITLE, picpoint_section, uses_picpoint
+
+    if uses_picpoint(recipe):
+        log("[report] Pic@Point point-to-region heatmaps")
+        content, heat = picpoint_section(run, recipe, folder, cfg.seed, split_features.device)
+        sections.append((SECTION_TITLE, content))
+        record["figures"]["picpoint"] = heat
     record.update({"data": data, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "page": str(out)})
     atomic_write_json(folder / "report.json", record)
     atomic_write_text(out, _page(f"pretext3d report: {run.name}", sections))

@@ -1,0 +1,372 @@
+"""Frozen embeddings of a prepared store's objects in every modality a method has: the point
+cloud, each rendered view, and the mesh.
+
+Two spaces are offered. ``encoder``: each modality's encoder output (the features a linear
+probe uses; for images the ResNet's pooled feature). ``shared``: those features passed through
+the method's head into the space its loss aligns across modalities (CrossPoint's projection
+heads, Pic@Point's global heads, MIMS's modality-invariant heads); only there is cross-modal
+comparison meaningful. Jing et al.'s CMCV has no shared space (a classifier F_f judges pairs).
+
+Image features are kept per view, (S, V, D), so that a protocol can pool any subset of views
+(``pool_views``). Embeddings are cached like point features (``eval.cache.FeatureCache``): the
+key holds the weights' digest, the store's fingerprint and every setting.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+from pretext3d.data.errors import DataFormatError
+from pretext3d.data.multimodal import MultimodalDataset
+from pretext3d.data.store import read_index, read_store_settings
+from pretext3d.engine.checkpoint import CheckpointError, load_method, training_checkpoints
+from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
+from pretext3d.eval.features import Features, batchnorm_calibration
+from pretext3d.utils.progress import progress_bar
+
+__all__ = [
+    "MODALITIES",
+    "StoreProtocolConfig",
+    "ModalityEncoders",
+    "StoreEmbeddings",
+    "method_encoders",
+    "image_encoder_alone",
+    "load_run",
+    "load_run_encoders",
+    "embed_store",
+    "view_subset",
+    "pool_views",
+    "calibrate_encoders",
+    "calibration_note",
+]
+
+MODALITIES = ("points", "image", "mesh")
+_DATASET_MODALITY = {"points": "points", "image": "images", "mesh": "mesh"}
+
+# method class -> modality -> the head (attribute path) into the space its loss aligns
+SHARED_HEADS: dict[str, dict[str, str]] = {
+    "CrossPoint": {"points": "point_head", "image": "image_head"},
+    "PicAtPoint": {"points": "point_global", "image": "image_global"},
+    "MIMS": {"points": "invariant_heads.points", "image": "invariant_heads.image", "mesh": "invariant_heads.mesh"},
+}
+
+
+@dataclass
+class StoreProtocolConfig:
+    """What every protocol on a prepared store's modalities takes: the store, the weights (a
+    pretraining run folder, or with random_init that run's method with seeded random weights and
+    BatchNorm statistics calibrated on ``bn_calibration_objects`` training objects) and how the
+    objects are fed (the first ``num_points`` stored points; views resized to ``image_size``,
+    default the run's training size)."""
+
+    data: str
+    checkpoint: str | None = None
+    random_init: bool = False
+    seed: int = 0
+    bn_calibration_objects: int = 256
+    num_points: int | None = 1024
+    image_size: int | None = None
+    batch_size: int = 16
+    device: str = "auto"
+    num_workers: int = 0
+    cache_dir: str | None = None
+    use_cache: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ModalityEncoders:
+    """modules[m]: the encoder of modality m; heads[m]: its head into the shared space (only
+    with space="shared"); method: the method's class name; weights_id: what identifies the
+    weights in cache keys; source: what the weights are, in words."""
+
+    modules: dict[str, nn.Module]
+    heads: dict[str, nn.Module]
+    space: str
+    method: str
+    weights_id: dict[str, Any]
+    source: str
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if m in self.modules)
+
+    def to(self, device: torch.device) -> "ModalityEncoders":
+        for module in (*self.modules.values(), *self.heads.values()):
+            module.to(device).eval()
+        return self
+
+
+def _attribute(module: nn.Module, path: str) -> nn.Module | None:
+    for name in path.split("."):
+        module = module[name] if isinstance(module, nn.ModuleDict) and name in module else getattr(module, name, None)
+        if module is None:
+            return None
+    return module
+
+
+def method_encoders(method: nn.Module, space: str = "encoder", weights_id: dict[str, Any] | None = None,
+                    source: str = "") -> ModalityEncoders:
+    """The modality encoders of a pretext method (CrossPoint, Pic@Point, CMCV, MIMS, ParAE,
+    a composed recipe) and, for space="shared", its heads into the shared space."""
+    if space not in ("encoder", "shared"):
+        raise ValueError(f"space must be 'encoder' or 'shared', got {space!r}")
+    kind = type(method).__name__
+    if hasattr(method, "encoders") and isinstance(method.encoders, nn.ModuleDict):  # MIMS
+        modules = dict(method.encoders.items())
+    else:
+        modules = {m: _attribute(method, name) for m, name in (("points", "backbone"), ("image", "image_encoder"))}
+        modules = {m: module for m, module in modules.items() if module is not None}
+    heads: dict[str, nn.Module] = {}
+    if space == "shared":
+        if kind not in SHARED_HEADS:
+            raise ValueError(f"{kind} has no space shared by its modalities (methods with one: "
+                             f"{', '.join(SHARED_HEADS)}); use the encoder space")
+        heads = {m: _attribute(method, path) for m, path in SHARED_HEADS[kind].items() if m in modules}
+    return ModalityEncoders(modules, heads, space, kind, weights_id or {}, source)
+
+
+def image_encoder_alone(name: str = "resnet18", weights: str | None = None, seed: int = 0) -> ModalityEncoders:
+    """A ResNet by name: torchvision ``weights`` read from disk, or a seeded random init (whose
+    BatchNorm statistics must then be calibrated: ``calibrate_image_encoder``)."""
+    from pretext3d.pretext.crosspoint import image_encoder_module
+
+    torch.manual_seed(seed)
+    encoder = image_encoder_module(name, weights)
+    weights_id = {"image_weights": file_digest(weights)} if weights else {"random_init": name, "init_seed": seed}
+    source = f"{name} from {weights}" if weights else f"{name}, random init (seed {seed})"
+    return ModalityEncoders({"image": encoder}, {}, "encoder", name, weights_id, source)
+
+
+def load_run(run: str | Path | None, random_init: bool = False, seed: int = 0) -> tuple[nn.Module, dict[str, Any], dict[str, Any], str]:
+    """A ``pretext3d pretrain`` run folder's method (newest checkpoint, eval mode), its recipe,
+    the weights' identity for cache keys and a description. random_init: the same method with
+    seeded random weights instead (the floor of the run; calibrate its BatchNorm statistics
+    with ``calibrate_encoders`` before use)."""
+    import json
+
+    from pretext3d.config import build_method
+
+    if run is None:
+        raise ValueError("this protocol needs a `pretext3d pretrain` run folder (with random_init: its architecture)")
+    run = Path(run)
+    if not (run / "recipe.json").is_file():
+        raise CheckpointError(f"{run}: not a `pretext3d pretrain` run folder (no recipe.json); image and mesh protocols "
+                              "need one (a backbone file holds only the point network)")
+    recipe = json.loads((run / "recipe.json").read_text())
+    if random_init:
+        torch.manual_seed(seed)
+        recipe["model"] = {k: v for k, v in recipe["model"].items() if k != "image_weights"}
+        method = build_method(recipe).eval()
+        return method, recipe, {"random_like": recipe, "init_seed": seed}, f"{recipe['method']} of {run}, random init (seed {seed})"
+    method = load_method(run)
+    newest = training_checkpoints(run)[-1]
+    return method, recipe, {"run_weights": file_digest(newest / "model.safetensors")}, f"{recipe['method']} run {run} ({newest.name})"
+
+
+def load_run_encoders(run: str | Path, space: str = "encoder", random_init: bool = False,
+                      seed: int = 0) -> tuple[ModalityEncoders, dict[str, Any]]:
+    """The encoders of a ``pretext3d pretrain`` run folder (its newest checkpoint, or seeded
+    random weights) and its recipe."""
+    method, recipe, weights_id, source = load_run(run, random_init, seed)
+    return method_encoders(method, space, weights_id, source), recipe
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def view_subset(total: int, count: int) -> np.ndarray:
+    """``count`` of a store's ``total`` views spread evenly over its camera order:
+    indices floor(i * total / count), i < count."""
+    if not 1 <= count <= total:
+        raise ValueError(f"cannot take {count} of {total} views")
+    return np.floor(np.arange(count) * total / count).astype(np.int64)
+
+
+def pool_views(per_view: np.ndarray, views: np.ndarray, pool: str) -> np.ndarray:
+    """per_view: (S, V, D) -> (S, D): max or mean over the chosen view columns ``views``."""
+    chosen = per_view[:, views]
+    if pool == "max":
+        return chosen.max(axis=1)
+    if pool == "mean":
+        return chosen.mean(axis=1)
+    raise ValueError(f"pool must be 'max' or 'mean', got {pool!r}")
+
+
+# --- embedding --------------------------------------------------------------------------------
+
+
+@dataclass
+class StoreEmbeddings:
+    """features["points"|"mesh"]: (S, D); features["image"]: (S, V, D) for every stored view;
+    labels: (S,); names: the objects' names; classes: the store's class names."""
+
+    split: str
+    labels: np.ndarray
+    names: list[str]
+    classes: list[str]
+    features: dict[str, np.ndarray]
+    cached: dict[str, bool] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _store_dataset(root: Path, split: str, modalities: Sequence[str], num_points: int | None,
+                   image_size: int | None) -> MultimodalDataset:
+    settings, _ = read_store_settings(root)
+    wanted = tuple(_DATASET_MODALITY[m] for m in modalities)
+    # every view, in the store's order (sorted draw of all of them), no augmentation
+    return MultimodalDataset(root, split, num_points, views_per_sample=settings.views, image_size=image_size,
+                             point_augment=None, image_augment=None, modalities=wanted)
+
+
+def _check_store(root: Path, modalities: Sequence[str]) -> None:
+    if not (root / "store.json").is_file():
+        raise DataFormatError(root, "is not a prepared store (no store.json); make one with `pretext3d prepare`")
+    if "mesh" in modalities:
+        objects = read_index(root)["objects"]
+        if objects and not any(e.get("mesh") for e in objects):
+            raise DataFormatError(root, "holds no meshes (prepared from point clouds): the mesh modality needs a mesh source")
+
+
+def _encode_batch(encoders: ModalityEncoders, modality: str, batch: dict[str, Tensor], device: torch.device) -> Tensor:
+    """One batch -> (B, D) for points and meshes, (B, V, D) for images (every view of the batch)."""
+    module = encoders.modules[modality]
+    if modality == "points":
+        points = batch["points"].to(device)
+        normals = batch["normals"].to(device) if getattr(module, "in_channels", 3) == 6 else None
+        out = module(points, normals, need_local=False).global_
+    elif modality == "mesh":
+        from pretext3d.pretext.mims import mesh_inputs
+
+        faces, neighbours = mesh_inputs({k: v.to(device) for k, v in batch.items() if k.startswith("mesh_")})
+        out = module(faces, neighbours, need_local=False).global_
+    else:
+        images = batch["images"].to(device)  # (B, V, C, S, S)
+        b, v = images.shape[:2]
+        flat = images.flatten(0, 1)
+        out = module(flat.expand(-1, 3, -1, -1) if flat.shape[1] == 1 else flat).global_
+        if modality in encoders.heads:
+            out = encoders.heads[modality](out)
+        return out.reshape(b, v, -1)
+    return encoders.heads[modality](out) if modality in encoders.heads else out
+
+
+def _loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+@torch.no_grad()
+def calibrate_encoders(encoders: ModalityEncoders, root: str | Path, modalities: Sequence[str], num_points: int | None,
+                       image_size: int | None, objects: int, batch_size: int, seed: int, device: torch.device,
+                       num_workers: int = 0, progress: bool = True) -> int:
+    """Set the BatchNorm statistics of randomly initialised encoders (and heads) of
+    ``modalities`` to their average over ``objects`` seeded random TRAINING objects (never
+    test; images: every view); weights untouched. Records the setting in ``weights_id`` (cache
+    keys) and returns the number of objects used."""
+    dataset = _store_dataset(Path(root), "train", modalities, num_points, image_size)
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:objects].tolist()
+    encoders.to(device)
+    used = 0
+    with ExitStack() as stack:
+        for m in modalities:
+            stack.enter_context(batchnorm_calibration(encoders.modules[m]))
+            if m in encoders.heads:
+                stack.enter_context(batchnorm_calibration(encoders.heads[m]))
+        for batch in progress_bar(_loader(Subset(dataset, chosen), batch_size, num_workers), desc="BN calibration",
+                                  unit="batch", enabled=progress):
+            if len(batch["label"]) < 2:  # a head's BatchNorm over one vector per object has no statistics
+                continue
+            for m in modalities:
+                _encode_batch(encoders, m, batch, device)
+            used += len(batch["label"])
+    encoders.weights_id = {**encoders.weights_id, "bn_objects": objects, "bn_seed": seed, "bn_batch": batch_size}
+    return used
+
+
+def calibration_note(objects: int | None) -> str | None:
+    """The report's words for ``calibrate_encoders`` (None when the weights were trained)."""
+    if objects is None:
+        return None
+    return (f"random init: BatchNorm statistics of the encoders and heads averaged over {objects} seeded random "
+            "training objects (every view of their images); weights untouched")
+
+
+def _cache_key(encoders: ModalityEncoders, split: str, modality: str, num_points: int | None,
+               image_size: int | None, store_id: str, rows: list[int] | None) -> str:
+    return FeatureCache.key(weights=encoders.weights_id, space=encoders.space, data=store_id, split=split, rows=rows,
+                            modality=modality, points=num_points if modality == "points" else None,
+                            image_size=image_size if modality == "image" else None, kind="store-embedding")
+
+
+@torch.no_grad()
+def embed_store(encoders: ModalityEncoders, root: str | Path, split: str, modalities: Sequence[str] | None = None,
+                num_points: int | None = None, image_size: int | None = None, batch_size: int = 16,
+                device: torch.device | str = "cpu", num_workers: int = 0, cache_dir: str | None = None,
+                use_cache: bool = True, progress: bool = True, objects: Sequence[int] | None = None) -> StoreEmbeddings:
+    """Embeddings of every object of ``split`` (or of the rows ``objects`` of it) in each of
+    ``modalities`` (default: every modality the encoders have). num_points: the first N stored
+    points (default all); image_size: the side views are resized to (default the stored size)."""
+    root = Path(root)
+    chosen = tuple(modalities or encoders.modalities)
+    missing = [m for m in chosen if m not in encoders.modules]
+    if missing:
+        raise ValueError(f"{encoders.source or encoders.method}: has no {', '.join(missing)} encoder "
+                         f"(it has {', '.join(encoders.modalities)})")
+    _check_store(root, chosen)
+    device = torch.device(device)
+    encoders.to(device)
+    cache = FeatureCache(cache_dir) if use_cache else None
+    store_id = data_fingerprint(root, "store")
+    rows = None if objects is None else [int(i) for i in objects]
+    keys = {m: _cache_key(encoders, split, m, num_points, image_size, store_id, rows) for m in chosen}
+    found = {m: cache.get(keys[m]) if cache else None for m in chosen}
+    todo = [m for m in chosen if found[m] is None]
+    dataset = _store_dataset(root, split, todo or chosen, num_points, image_size)  # reads only what is missing
+    entries, labels = dataset.entries, dataset.labels
+    if rows is not None:
+        entries, labels = [entries[i] for i in rows], labels[rows]
+    items = dataset if rows is None else Subset(dataset, rows)
+    features: dict[str, np.ndarray] = {}
+    seconds = 0.0
+    if todo:
+        parts: dict[str, list[np.ndarray]] = {m: [] for m in todo}
+        for batch in progress_bar(_loader(items, batch_size, num_workers), desc=f"embed {split} ({', '.join(todo)})",
+                                  unit="batch", enabled=progress):
+            start = time.perf_counter()
+            for m in todo:
+                parts[m].append(_encode_batch(encoders, m, batch, device).float().cpu().numpy())
+            seconds += time.perf_counter() - start
+        for m in todo:
+            features[m] = np.concatenate(parts[m])
+            if cache:
+                flat = features[m].reshape(len(features[m]), -1)
+                cache.put(keys[m], Features(flat, labels, np.arange(len(labels)), [], seconds))
+    for m in chosen:
+        if found[m] is not None:
+            flat = found[m].features
+            features[m] = flat.reshape(len(flat), dataset.settings.views, -1) if m == "image" else flat
+    names = [e.get("name", e["key"]) for e in entries]
+    return StoreEmbeddings(split, labels.copy(), names, list(dataset.classes), features,
+                           {m: found[m] is not None for m in chosen}, seconds)
+
+
+def describe_encoders(encoders: ModalityEncoders, modalities: Sequence[str]) -> dict[str, str]:
+    """Per modality, which network (and head) gives its features, in words."""
+    out = {}
+    for m in modalities:
+        module = encoders.modules[m]
+        text = type(module).__name__
+        if m in encoders.heads:
+            text += f" -> {type(encoders.heads[m]).__name__} (the method's {SHARED_HEADS[encoders.method][m]})"
+        out[m] = text
+    return out
+
