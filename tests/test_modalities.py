@@ -172,3 +172,20 @@ def test_store_protocols_name_what_is_wrong(runs, tmp_path, capsys):
     assert main(["evaluate", "retrieval", "--data", str(runs["store"]), "--checkpoint", str(runs["mims"] / "backbone.safetensors"),
                  "--modalities", "image", "--quiet"]) == 2
     assert "run folder" in capsys.readouterr().err
+
+
+def test_the_report_lists_the_store_protocols(runs):
+    """The evaluations above, placed in the run's eval folder, appear as result rows."""
+    evaluations = runs["mims"] / "eval"
+    evaluations.mkdir(exist_ok=True)
+    common = ["--data", str(runs["store"]), "--checkpoint", str(runs["mims"]), "--cache-dir", str(runs["cache"]), "--quiet"]
+    assert main(["evaluate", "retrieval", *common, "--modalities", "points", "image", "--points", "128",
+                 "--json", str(evaluations / "retrieval.json")]) == 0
+    assert main(["evaluate", "multiview", *common, "--views", "1", "3", "--C", "1", "--json", str(evaluations / "mv.json")]) == 0
+    assert main(["evaluate", "pretext", *common, "--points", "128", "--json", str(evaluations / "pretext.json")]) == 0
+    page = runs["root"] / "page.html"
+    assert main(["report", str(runs["mims"]), "--out", str(page), "--data", "builtin:train=2,test=1", "--points", "128",
+                 "--queries", "2", "--top-k", "3", "--cache-dir", str(runs["cache"]), "--quiet"]) == 0
+    html = page.read_text()
+    for row in ("image-&gt;points", "instance top-1", "3 view(s), max-pooled", "cross_modal", "positive"):
+        assert row in html, row

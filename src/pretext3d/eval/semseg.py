@@ -248,7 +248,7 @@ def score_rooms(model: SceneSegmenter, rooms: Iterable[tuple[str, np.ndarray, np
     was_training = model.training
     model.eval()
     preds, truths, per_room = [], [], []
-    dtype = np.int16 if len(classes) ** 2 < np.iinfo(np.int16).max else np.int64  # compact: rooms hold millions
+    dtype = np.int16 if len(classes) <= np.iinfo(np.int16).max else np.int64  # compact: rooms hold millions of points
     blocks = 0
     try:
         for name, points, labels in progress_bar(rooms, total=total, desc=desc, unit="room", enabled=progress):

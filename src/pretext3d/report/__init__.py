@@ -81,8 +81,24 @@ def _headline(report: dict) -> list[tuple[str, str]]:
     if protocol == "fewshot":
         return [(name, f"{_pct(r['accuracy'])} +- {100 * r['accuracy_std']:.2f} ({r['episodes']} episodes)")
                 for name, r in report["results"].items()]
+    if protocol == "retrieval" and "space" in report:  # within and across a store's modalities
+        return [(name, f"mAP {_pct(r['mAP'])}, top-1 {_pct(r['top_k'].get('1'))}"
+                 + (f", instance top-1 {_pct(r['instance']['top_k'].get('1'))}" if "instance" in r else ""))
+                for name, r in report["results"].items()]
     if protocol == "retrieval":
         return [(name, _pct(r["mean"])) for name, r in report["results"].items()]
+    if protocol == "multiview":
+        return [(f"{r['views']} view(s), {report['pool']}-pooled", f"{_pct(r['accuracy'])} (class mean "
+                 f"{_pct(r['class_mean_accuracy'])}, C={r['C']:g})") for r in report["results"]]
+    if protocol == "pretext":
+        return [(name, f"accuracy {_pct(r['accuracy'])}" + (
+            f"; distance positive {r['positive_distance']['mean']:.3f} +- {r['positive_distance']['std']:.3f}, "
+            f"negative {r['negative_distance']['mean']:.3f} +- {r['negative_distance']['std']:.3f}"
+            if "positive_distance" in r else "")) for name, r in report["results"].items()]
+    if protocol == "semseg":
+        return [(f"{100 * run['fraction']:g}% rooms, {run['mode']}",
+                 f"mIoU {_pct(run['test']['miou'])}, overall accuracy {_pct(run['test']['overall_accuracy'])} "
+                 f"(best val at step {run['selected']['step']})") for run in report["runs"]]
     if protocol in ("finetune-cls", "partseg"):
         key = "accuracy" if protocol == "finetune-cls" else "instance_miou"
         rows = []
@@ -96,7 +112,9 @@ def _headline(report: dict) -> list[tuple[str, str]]:
 
 _SETTING_KEYS = ("dataset", "backbone", "weights", "num_points", "sampling", "feature_dim", "seeds", "C_selection",
                  "bn_calibration", "support_split", "query_split", "queries_per_class", "episode_sampling", "gallery",
-                 "metric", "validation", "label_fractions", "augmentation", "train_size", "test_size", "val_size")
+                 "metric", "validation", "label_fractions", "augmentation", "train_size", "test_size", "val_size",
+                 "space", "views", "image_size", "pool", "view_choice", "classifier", "pairs", "threshold_fit",
+                 "test_area", "features", "voting", "selection")
 
 
 def _settings(report: dict) -> list[tuple[str, str]]:
