@@ -67,7 +67,11 @@ def test_balanced_pairs_are_half_positive_and_never_mislabelled():
 def test_best_threshold_and_pair_distances_by_hand():
     assert best_threshold(np.array([0.1, 0.2, 0.5, 0.6]), np.array([True, True, False, False])) == pytest.approx(0.35)
     # one positive pair far away: still the best is to cut between 0.2 and 0.5 (3 of 4 right)
-    assert best_threshold(np.array([0.1, 0.2, 0.5, 0.9]), np.array([True, True, False, True])) in (pytest.approx(0.35), 0.9)
+    # one positive pair far away: cutting at 0.35 or at 0.9 both get 3 of 4 right; the smaller is kept
+    assert best_threshold(np.array([0.1, 0.2, 0.5, 0.9]), np.array([True, True, False, True])) == pytest.approx(0.35)
+    # equal distances are never split; all negative: below every distance
+    assert best_threshold(np.array([0.3, 0.3, 0.3, 0.7]), np.array([True, True, False, False])) == pytest.approx(0.5)
+    assert best_threshold(np.array([0.3, 0.4]), np.array([False, False])) == pytest.approx(-0.7)
     a = np.array([[2.0, 0.0], [1.0, 1.0]])
     b = np.array([[0.0, 5.0], [3.0, 3.0]])
     assert pair_distances(a, b) == pytest.approx([np.sqrt(2.0), 0.0])  # scale-free
@@ -91,6 +95,15 @@ def test_store_embeddings_match_a_direct_pass_and_come_back_from_the_cache(runs)
     assert all(again.cached.values())
     for m in first.features:
         np.testing.assert_array_equal(first.features[m], again.features[m])
+    # a setting that changes the features misses the cache: image size (images only), points (points only), space
+    resized = embed_store(encoders, runs["store"], "test", image_size=24, num_points=128, cache_dir=runs["cache"], progress=False)
+    assert resized.cached == {"points": True, "image": False, "mesh": True}
+    fewer = embed_store(encoders, runs["store"], "test", ("points",), num_points=64, image_size=32, cache_dir=runs["cache"],
+                        progress=False)
+    assert fewer.cached == {"points": False}
+    encoder_space, _ = load_run_encoders(runs["mims"], "encoder")
+    plain = embed_store(encoder_space, runs["store"], "test", ("mesh",), image_size=32, cache_dir=runs["cache"], progress=False)
+    assert plain.cached == {"mesh": False} and plain.features["mesh"].shape[1] == 32  # MeshNet's width, no head
 
 
 def test_cmcv_has_no_shared_space(runs):
@@ -144,7 +157,7 @@ def test_multiview_svm_for_a_run_and_a_random_image_encoder(runs, capsys):
     assert main(["evaluate", "multiview", "--data", str(runs["store"]), "--random-init", "--backbone", "resnet18",
                  "--image-size", "32", "--views", "3", "--C", "1", "--no-cache", "--quiet", "--json", str(out)]) == 0
     report = _json(out)
-    assert "random init" in report["weights"] and "training objects" in report["bn_calibration"]
+    assert "random init" in report["weights"] and f"over {report['train_size']} seeded" in report["bn_calibration"]
     assert capsys.readouterr().out.count("view(s)") >= 2
 
 
@@ -162,6 +175,20 @@ def test_pretext_metrics_use_each_method_s_own_judge(runs):
                  "--points", "128", "--no-cache", "--quiet", "--json", str(out)]) == 0
     report = _json(out)
     assert set(report["results"]) == {"cross_view", "cross_modal"} and "random init" in report["weights"]
+
+
+def test_random_init_calibration_sets_batchnorm_statistics_from_training_objects(runs):
+    from pretext3d.eval.modalities import calibrate_encoders
+
+    encoders, _ = load_run_encoders(runs["mims"], "shared", random_init=True, seed=3)
+    norm = encoders.modules["mesh"].embed  # MeshNet's feature head: BatchNorm after a max over faces
+    before = [m.running_mean.clone() for m in norm.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    used = calibrate_encoders(encoders, runs["store"], ("mesh", "points"), 128, 32, 6, 4, 3, torch.device("cpu"),
+                              progress=False)
+    assert used == 6 and encoders.weights_id["bn_objects"] == 6
+    after = [m.running_mean for m in norm.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert before and all(not torch.equal(a, b) for a, b in zip(before, after))
+    assert all(not m.training for m in encoders.modules["mesh"].modules())  # back in eval mode
 
 
 def test_store_protocols_name_what_is_wrong(runs, tmp_path, capsys):
@@ -187,5 +214,20 @@ def test_the_report_lists_the_store_protocols(runs):
     assert main(["report", str(runs["mims"]), "--out", str(page), "--data", "builtin:train=2,test=1", "--points", "128",
                  "--queries", "2", "--top-k", "3", "--cache-dir", str(runs["cache"]), "--quiet"]) == 0
     html = page.read_text()
-    for row in ("image-&gt;points", "instance top-1", "3 view(s), max-pooled", "cross_modal", "positive"):
+    for row in ("image-&gt;points", "instance top-1", "3 view(s), max-pooled", "cross_modal", "distance positive"):
         assert row in html, row
+
+
+def test_options_of_other_protocols_are_refused(runs, capsys):
+    store, run = str(runs["store"]), str(runs["mims"])
+    assert main(["evaluate", "retrieval", "--data", store, "--checkpoint", run, "--modalities", "image", "--seeds", "0", "1",
+                 "--quiet"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["evaluate", "retrieval", "--data", store, "--checkpoint", str(runs["mims"] / "backbone.safetensors"),
+                 "--space", "encoder", "--quiet"]) == 2
+    assert "--space go with --modalities" in capsys.readouterr().err
+    assert main(["evaluate", "pretext", "--data", store, "--checkpoint", run, "--bn-calibration", "8", "--quiet"]) == 2
+    assert "goes with --random-init" in capsys.readouterr().err
+    assert main(["evaluate", "retrieval", "--data", store, "--checkpoint", run, "--modalities", "image", "--views", "9",
+                 "--quiet"]) == 2
+    assert "holds 3 views per object" in capsys.readouterr().err

@@ -211,7 +211,9 @@ def test_features_that_do_not_fit_the_checkpoint_are_refused(tmp_path):
     assert not (tmp_path / "runs").exists()  # refused before any training
     six = save_backbone(tmp_path / "pn6.safetensors", PointNet(in_channels=6, emb_dims=16).eval(), "pointnet",
                         {"in_channels": 6, "emb_dims": 16})
-    assert _resolve_inputs(SemsegConfig(data="-", checkpoint=str(six)))[:2] == ("xyzrgb", 6)
+    with pytest.raises(ValueError, match="colours, not normals"):  # 6 channels are usually xyz + normals
+        _resolve_inputs(SemsegConfig(data="-", checkpoint=str(six)))
+    assert _resolve_inputs(SemsegConfig(data="-", checkpoint=str(six), features="xyzrgb"))[:2] == ("xyzrgb", 6)
     with pytest.raises(ValueError, match="takes 6 input channels"):
         _resolve_inputs(SemsegConfig(data="-", checkpoint=str(six), features="xyz"))
     # random init: any features, if the backbone takes extra channels at all

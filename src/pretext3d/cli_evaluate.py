@@ -232,38 +232,39 @@ def _add_retrieval(sub: argparse._SubParsersAction) -> None:
     store.add_argument("--modalities", nargs="+", choices=["points", "image", "mesh"],
                        help="retrieve among these modalities of a store: every within-modal pair, and in the shared "
                        "space every ordered cross-modal pair")
-    store.add_argument("--space", choices=["shared", "encoder"], default="shared",
+    store.add_argument("--space", choices=["shared", "encoder"],
                        help="shared: the method's heads into the space its loss aligns (default); encoder: the encoders' "
                        "outputs (within-modal pairs only)")
     _add_view_args(store, multiple=False)
     p.set_defaults(func=_cmd_retrieval)
 
 
-def _add_view_args(p, multiple: bool) -> None:
+def _add_view_args(p: argparse._ActionsContainer, multiple: bool) -> None:
     if multiple:
         p.add_argument("--views", type=at_least(1), nargs="+", default=[1, 12, 36, 80],
                        help="view counts v to pool (default 1 12 36 80; counts above the store's are skipped, its own is added)")
     else:
         p.add_argument("--views", type=at_least(1), help="image views pooled per object (default all the store has)")
-    p.add_argument("--pool", choices=["max", "mean"], default="max", help="pooling of per-view features (default max, as MVCNN)")
+    p.add_argument("--pool", choices=["max", "mean"], default=None if not multiple else "max",
+                   help="pooling of per-view features (default max, as MVCNN)")
     p.add_argument("--image-size", type=at_least(8), help="side the views are fed at (default: the run's training size, "
                    "else the store's)")
 
 
 def _store_run(args: argparse.Namespace) -> str:
     """The run folder whose method a store protocol uses: --checkpoint, or --like with --random-init."""
+    from pretext3d.engine.checkpoint import checkpoint_architecture
+
     run = args.checkpoint or args.like
     if not run:
         raise ValueError("protocols on a store's modalities need --checkpoint RUN, or --random-init --like RUN")
     if args.like and args.checkpoint:
         raise ValueError("--like goes with --random-init")
+    if args.bn_calibration and not args.random_init:
+        raise ValueError("--bn-calibration goes with --random-init (trained weights keep their statistics)")
     if getattr(args, "backbone", None):
-        import json
-        from pathlib import Path
-
-        recipe_file = Path(run) / "recipe.json"
-        held = json.loads(recipe_file.read_text())["model"].get("backbone") if recipe_file.is_file() else None
-        if held and held != args.backbone:
+        held, _ = checkpoint_architecture(run)  # the run's exported backbone
+        if held != args.backbone:
             raise ValueError(f"{run}: the run's point backbone is {held}, not {args.backbone}")
     return run
 
@@ -279,12 +280,21 @@ def _cmd_retrieval(args: argparse.Namespace) -> int:
     from pretext3d.eval.retrieval import RetrievalConfig, StoreRetrievalConfig, run_retrieval, run_store_retrieval
 
     if args.modalities:
+        point_only = {"--seeds": len(args.seeds) > 1, "--gallery": args.gallery != "test",
+                      "--subsample": args.subsample != "first", "--subset": args.subset is not None,
+                      "--k": args.k != 20, "--emb-dims": args.emb_dims != 1024}
+        given = [name for name, used in point_only.items() if used]
+        if given:
+            raise ValueError(f"{', '.join(given)}: options of point retrieval on a point dataset, not of --modalities "
+                             "(one seed, test gallery, the store's stored points)")
         cfg = StoreRetrievalConfig(**_store_kwargs(args), seed=args.seeds[0], modalities=tuple(args.modalities),
-                                   space=args.space, views=args.views, pool=args.pool, metric=args.metric,
-                                   ks=tuple(args.top_k))
+                                   space=args.space or "shared", views=args.views, pool=args.pool or "max",
+                                   metric=args.metric, ks=tuple(args.top_k))
         return _run_protocol(args, run_store_retrieval, cfg, format_store_retrieval)
-    if args.views or args.image_size:
-        raise ValueError("--views and --image-size go with --modalities (retrieval among a store's modalities)")
+    given = [name for name, value in (("--views", args.views), ("--image-size", args.image_size), ("--space", args.space),
+                                      ("--pool", args.pool)) if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} go with --modalities (retrieval among a store's modalities)")
     cfg = RetrievalConfig(**_feature_kwargs(args), metric=args.metric, ks=tuple(args.top_k), gallery=args.gallery)
     return _run_protocol(args, run_retrieval, cfg, format_retrieval)
 
@@ -303,7 +313,8 @@ def format_store_retrieval(report: dict) -> str:
     lines = [f"retrieval  {report['dataset']} ({report['test_size']} test objects, {report['num_classes']} classes)",
              f"  weights         {report['weights']}",
              f"  space           {report['space']}",
-             f"  views           {views['count']} per object, {views['pool']}-pooled; image size {report['image_size']}",
+             *([f"  views           {views['count']} per object, {views['pool']}-pooled; image size {report['image_size']}"]
+               if views else []),
              f"  distance        {report['metric']}",
              f"  {'query->gallery':16s} {'mAP':>7s} " + " ".join(f"{'top-' + k:>7s}" for k in
                                                                 next(iter(report["results"].values()))["top_k"])
@@ -418,7 +429,8 @@ def _add_store_args(p: argparse.ArgumentParser, image_only: bool) -> argparse._M
     init.add_argument("--random-init", action="store_true", help="random weights; BatchNorm statistics calibrated on "
                       "training objects" + ("" if image_only else " (needs --like RUN: the architecture)"))
     p.add_argument("--like", metavar="RUN", help="with --random-init: the method of this run folder with random weights")
-    p.add_argument("--points", type=at_least(1), default=1024, help="points per cloud (the first N stored; default 1024)")
+    if not image_only:
+        p.add_argument("--points", type=at_least(1), default=1024, help="points per cloud (the first N stored; default 1024)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init, calibration and draws")
     p.add_argument("--batch-size", type=at_least(2), default=16, help="objects per batch (all their views at once)")
     p.add_argument("--bn-calibration", type=at_least(2), metavar="N", help="with --random-init: training objects for BN "
@@ -456,9 +468,11 @@ def _cmd_multiview(args: argparse.Namespace) -> int:
 
     if args.like:
         raise ValueError("multiview builds a bare ResNet for --random-init: name it with --backbone, not --like")
+    if args.bn_calibration and not args.random_init:
+        raise ValueError("--bn-calibration goes with --random-init (trained weights keep their statistics)")
     cfg = MultiviewConfig(data=args.data, checkpoint=args.checkpoint, random_init=args.random_init,
                           image_weights=args.image_weights, backbone=args.backbone, view_counts=tuple(args.views),
-                          pool=args.pool, image_size=args.image_size, seed=args.seed, C=args.C,
+                          pool=args.pool, image_size=args.image_size, num_points=None, seed=args.seed, C=args.C,
                           C_grid=tuple(args.C_grid or DEFAULT_C_GRID), folds=args.folds, svm=args.svm,
                           batch_size=args.batch_size, bn_calibration_objects=args.bn_calibration or 256,
                           device=args.device, num_workers=args.workers, cache_dir=args.cache_dir,

@@ -129,17 +129,17 @@ def _gather(local: Features) -> Features:
 @contextmanager
 def batchnorm_calibration(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block, forward passes set ``model``'s BatchNorm running statistics to the
-    cumulative average of the batch statistics (reset first; momentum=None; train mode with
-    dropout off); afterwards the momenta are restored and the model is in eval mode."""
+    cumulative average of the batch statistics (reset first; momentum=None; only the BatchNorm
+    layers in train mode); afterwards the momenta are restored and the model is in eval mode."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
-    model.train()
+    # only the BatchNorm layers in training mode: dropout off, and any module with its own
+    # training behaviour (e.g. MeshNet's random face masking) computes as in evaluation
     for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.eval()
+        m.training = isinstance(m, nn.modules.batchnorm._BatchNorm)
     try:
         yield model
     finally:

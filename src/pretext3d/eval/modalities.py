@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from pretext3d.data.errors import DataFormatError
 from pretext3d.data.multimodal import MultimodalDataset
@@ -35,6 +35,9 @@ from pretext3d.utils.progress import progress_bar
 
 __all__ = [
     "MODALITIES",
+    "SHARED_HEADS",
+    "describe_encoders",
+    "image_size_of",
     "StoreProtocolConfig",
     "ModalityEncoders",
     "StoreEmbeddings",
@@ -45,6 +48,7 @@ __all__ = [
     "embed_store",
     "view_subset",
     "pool_views",
+    "check_pool",
     "calibrate_encoders",
     "calibration_note",
 ]
@@ -137,7 +141,7 @@ def method_encoders(method: nn.Module, space: str = "encoder", weights_id: dict[
 
 def image_encoder_alone(name: str = "resnet18", weights: str | None = None, seed: int = 0) -> ModalityEncoders:
     """A ResNet by name: torchvision ``weights`` read from disk, or a seeded random init (whose
-    BatchNorm statistics must then be calibrated: ``calibrate_image_encoder``)."""
+    BatchNorm statistics must then be calibrated: ``calibrate_encoders``)."""
     from pretext3d.pretext.crosspoint import image_encoder_module
 
     torch.manual_seed(seed)
@@ -184,22 +188,28 @@ def load_run_encoders(run: str | Path, space: str = "encoder", random_init: bool
 # --- views ------------------------------------------------------------------------------------
 
 
-def view_subset(total: int, count: int) -> np.ndarray:
+def view_subset(total: int, count: int, store: str | Path = "the store") -> np.ndarray:
     """``count`` of a store's ``total`` views spread evenly over its camera order:
     indices floor(i * total / count), i < count."""
     if not 1 <= count <= total:
-        raise ValueError(f"cannot take {count} of {total} views")
+        raise ValueError(f"{store}: holds {total} views per object; cannot take {count}")
     return np.floor(np.arange(count) * total / count).astype(np.int64)
+
+
+POOLS = ("max", "mean")
+
+
+def check_pool(pool: str) -> str:
+    if pool not in POOLS:
+        raise ValueError(f"pool must be 'max' or 'mean', got {pool!r}")
+    return pool
 
 
 def pool_views(per_view: np.ndarray, views: np.ndarray, pool: str) -> np.ndarray:
     """per_view: (S, V, D) -> (S, D): max or mean over the chosen view columns ``views``."""
+    check_pool(pool)
     chosen = per_view[:, views]
-    if pool == "max":
-        return chosen.max(axis=1)
-    if pool == "mean":
-        return chosen.mean(axis=1)
-    raise ValueError(f"pool must be 'max' or 'mean', got {pool!r}")
+    return chosen.max(axis=1) if pool == "max" else chosen.mean(axis=1)
 
 
 # --- embedding --------------------------------------------------------------------------------
@@ -233,8 +243,10 @@ def _check_store(root: Path, modalities: Sequence[str]) -> None:
         raise DataFormatError(root, "is not a prepared store (no store.json); make one with `pretext3d prepare`")
     if "mesh" in modalities:
         objects = read_index(root)["objects"]
-        if objects and not any(e.get("mesh") for e in objects):
-            raise DataFormatError(root, "holds no meshes (prepared from point clouds): the mesh modality needs a mesh source")
+        without = [e["key"] for e in objects if not e.get("mesh")]
+        if without:
+            raise DataFormatError(root, f"has {len(without)} object(s) without a mesh (e.g. {without[0]}); the mesh "
+                                  "modality needs a store prepared from meshes")
 
 
 def _encode_batch(encoders: ModalityEncoders, modality: str, batch: dict[str, Tensor], device: torch.device) -> Tensor:
@@ -260,7 +272,7 @@ def _encode_batch(encoders: ModalityEncoders, modality: str, batch: dict[str, Te
     return encoders.heads[modality](out) if modality in encoders.heads else out
 
 
-def _loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
+def _loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
@@ -288,16 +300,32 @@ def calibrate_encoders(encoders: ModalityEncoders, root: str | Path, modalities:
             for m in modalities:
                 _encode_batch(encoders, m, batch, device)
             used += len(batch["label"])
+    if used == 0:
+        raise ValueError(f"{root}: BatchNorm calibration needs batches of at least 2 training objects; the train split "
+                         f"holds {len(dataset)} (use a smaller --batch-size or more training objects)")
     encoders.weights_id = {**encoders.weights_id, "bn_objects": objects, "bn_seed": seed, "bn_batch": batch_size}
     return used
 
 
-def calibration_note(objects: int | None) -> str | None:
+def calibration_note(objects: int | None, encoders: ModalityEncoders | None = None,
+                     modalities: Sequence[str] = ()) -> str | None:
     """The report's words for ``calibrate_encoders`` (None when the weights were trained)."""
     if objects is None:
         return None
-    return (f"random init: BatchNorm statistics of the encoders and heads averaged over {objects} seeded random "
-            "training objects (every view of their images); weights untouched")
+    what = ", ".join(modalities) + " encoder" + ("s" if len(modalities) > 1 else "")
+    if encoders is not None and any(m in encoders.heads for m in modalities):
+        what += " and their shared-space heads"
+    images = " (every view of their images)" if "image" in modalities else ""
+    return (f"random init: BatchNorm statistics of the {what} averaged over {objects} seeded random training "
+            f"objects{images}; only BatchNorm layers in training mode; weights untouched")
+
+
+def image_size_of(recipe: dict[str, Any] | None, store: str | Path, given: int | None) -> int:
+    """The side images are fed at: given, else the size the run trained on, else the store's."""
+    if given:
+        return given
+    trained = ((recipe or {}).get("data_options") or {}).get("image_size")
+    return int(trained) if trained else read_store_settings(Path(store))[0].image_size
 
 
 def _cache_key(encoders: ModalityEncoders, split: str, modality: str, num_points: int | None,

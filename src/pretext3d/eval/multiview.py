@@ -18,13 +18,13 @@ from typing import Any, Callable
 from pretext3d.data.store import read_store_settings
 from pretext3d.eval.linear_svm import DEFAULT_C_GRID, fit_linear_svm
 from pretext3d.eval.modalities import (
-    ModalityEncoders, StoreProtocolConfig, calibrate_encoders, calibration_note, describe_encoders, embed_store, image_encoder_alone, load_run_encoders,
-    pool_views, view_subset,
+    ModalityEncoders, StoreProtocolConfig, calibrate_encoders, calibration_note, check_pool, describe_encoders,
+    embed_store, image_encoder_alone, image_size_of, load_run_encoders, pool_views, view_subset,
 )
 from pretext3d.eval.protocols import config_record
 from pretext3d.utils.device import resolve_device
 
-__all__ = ["MultiviewConfig", "run_multiview", "image_size_of", "store_image_encoders"]
+__all__ = ["MultiviewConfig", "run_multiview", "store_image_encoders"]
 
 
 @dataclass
@@ -42,14 +42,6 @@ class MultiviewConfig(StoreProtocolConfig):
     svm: str = "svc"
 
 
-def image_size_of(recipe: dict[str, Any] | None, store: str | Path, given: int | None) -> int:
-    """The side images are fed at: given, else the size the run trained on, else the store's."""
-    if given:
-        return given
-    trained = ((recipe or {}).get("data_options") or {}).get("image_size")
-    return int(trained) if trained else read_store_settings(Path(store))[0].image_size
-
-
 def store_image_encoders(cfg: MultiviewConfig, space: str = "encoder") -> tuple[ModalityEncoders, dict | None]:
     """The image encoder ``cfg`` names (and the run's recipe, when it is a run)."""
     sources = [bool(cfg.checkpoint), cfg.random_init, bool(cfg.image_weights)]
@@ -59,7 +51,7 @@ def store_image_encoders(cfg: MultiviewConfig, space: str = "encoder") -> tuple[
         encoders, recipe = load_run_encoders(cfg.checkpoint, space)
         if "image" not in encoders.modules:
             raise ValueError(f"{cfg.checkpoint}: this {recipe['method']} run has no image encoder")
-        trained = recipe["model"].get("image_encoder")
+        trained = {512: "resnet18", 2048: "resnet50"}.get(getattr(encoders.modules["image"], "feature_dim", 0))
         if cfg.backbone and trained != cfg.backbone:
             raise ValueError(f"{cfg.checkpoint}: the run's image encoder is {trained}, not {cfg.backbone}")
         return encoders, recipe
@@ -68,8 +60,7 @@ def store_image_encoders(cfg: MultiviewConfig, space: str = "encoder") -> tuple[
 
 def run_multiview(cfg: MultiviewConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Linear-SVM accuracy of view-pooled image features for each view count; the report."""
-    if cfg.pool not in ("max", "mean"):
-        raise ValueError(f"pool must be 'max' or 'mean', got {cfg.pool!r}")
+    check_pool(cfg.pool)
     settings, _ = read_store_settings(Path(cfg.data))
     encoders, recipe = store_image_encoders(cfg)
     device = resolve_device(cfg.device)
@@ -106,7 +97,7 @@ def run_multiview(cfg: MultiviewConfig, log: Callable[[str], None] = print) -> d
         "feature_dim": int(embedded["train"].features["image"].shape[-1]),
         "image_size": image_size,
         "images": "the stored renders resized to image_size, ImageNet-normalised, no augmentation",
-        "bn_calibration": calibration_note(calibrated),
+        "bn_calibration": calibration_note(calibrated, encoders, ("image",)),
         "view_choice": "views floor(i * V / v), i < v, of the store's V views in camera order",
         "view_counts_skipped": sorted(v for v in cfg.view_counts if v > settings.views),
         "pool": cfg.pool,

@@ -29,9 +29,9 @@ from torch import nn
 
 from pretext3d.data.store import read_store_settings
 from pretext3d.eval.modalities import (
-    SHARED_HEADS, StoreEmbeddings, StoreProtocolConfig, calibrate_encoders, calibration_note, embed_store, load_run, method_encoders,
+    SHARED_HEADS, StoreEmbeddings, StoreProtocolConfig, calibrate_encoders, calibration_note, embed_store, image_size_of,
+    load_run, method_encoders,
 )
-from pretext3d.eval.multiview import image_size_of
 from pretext3d.eval.protocols import config_record
 from pretext3d.utils.device import resolve_device
 
@@ -83,12 +83,22 @@ def pair_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def best_threshold(distances: np.ndarray, same: np.ndarray) -> float:
     """The threshold t maximising the accuracy of "same object iff distance <= t" on these pairs
-    (candidates: midpoints between consecutive sorted distances and the two ends; the smallest
-    t among ties)."""
-    values = np.unique(distances)
-    candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1]]])
-    accuracy = [np.mean((distances <= t) == same) for t in candidates]
-    return float(candidates[int(np.argmax(accuracy))])
+    (candidates: midpoints between consecutive distinct distances and the two ends; the smallest
+    t among ties). O(P log P): after sorting, calling the first i pairs "same" gets
+    (positives among them) + (negatives after them) right."""
+    order = np.argsort(distances, kind="stable")
+    values, truth = distances[order], same[order].astype(np.int64)
+    positives_before = np.concatenate([[0], np.cumsum(truth)])  # among the first i, i = 0..P
+    negatives_after = (len(truth) - truth.sum()) - (np.arange(len(truth) + 1) - positives_before)
+    correct = positives_before + negatives_after
+    # a cut can only fall between distinct values: i = 0, the ends of each run of equal values
+    cuts = np.concatenate([[0], np.flatnonzero(np.diff(values) > 0) + 1, [len(values)]])
+    best = cuts[int(np.argmax(correct[cuts]))]
+    if best == 0:
+        return float(values[0] - 1.0)
+    if best == len(values):
+        return float(values[-1])
+    return float((values[best - 1] + values[best]) / 2)
 
 
 def _distance_summary(train: np.ndarray, train_same: np.ndarray, test: np.ndarray, test_same: np.ndarray) -> dict[str, Any]:
@@ -178,7 +188,7 @@ def run_pretext(cfg: PretextConfig, log: Callable[[str], None] = print) -> dict[
         "dataset": cfg.data,
         "method": recipe["method"],
         "weights": source,
-        "bn_calibration": calibration_note(calibrated),
+        "bn_calibration": calibration_note(calibrated, spaces.get("shared", encoder_space), wanted),
         "test_size": test_size,
         "pairs": {"count": len(pairs["test"].same), "positive": int(pairs["test"].same.sum()),
                   "rule": f"{cfg.pairs_factor} x the test objects, half positive (same object), half negative (an other "

@@ -15,10 +15,15 @@ from typing import Any, Callable
 import numpy as np
 
 from pretext3d.eval.metrics import RetrievalScores, retrieval_scores
-from pretext3d.eval.modalities import StoreProtocolConfig
+from pretext3d.data.store import read_store_settings
+from pretext3d.eval.modalities import (
+    StoreProtocolConfig, calibrate_encoders, calibration_note, check_pool, describe_encoders, embed_store, image_size_of,
+    load_run_encoders, pool_views, view_subset,
+)
 from pretext3d.eval.protocols import (
     FeatureConfig, config_record, feature_report, iter_split_features, mean_std, prepare_feature_config, skipped_items,
 )
+from pretext3d.utils.device import resolve_device
 
 __all__ = ["RetrievalConfig", "run_retrieval", "within_split_scores", "scores_record", "StoreRetrievalConfig",
            "run_store_retrieval", "modality_pairs"]
@@ -109,18 +114,11 @@ def run_store_retrieval(cfg: StoreRetrievalConfig, log: Callable[[str], None] = 
     is excluded from its own ranking; across modalities the gallery holds every test object in
     the other modality, the query object's own counterpart included (it counts as relevant, as
     any object of its class). Instance scores say how often that counterpart ranks in the top k."""
-    from pretext3d.data.store import read_store_settings
-    from pretext3d.eval.modalities import (
-        calibrate_encoders, calibration_note, describe_encoders, embed_store, load_run_encoders, pool_views, view_subset,
-    )
-    from pretext3d.eval.multiview import image_size_of
-    from pretext3d.utils.device import resolve_device
-
-    if cfg.pool not in ("max", "mean"):
-        raise ValueError(f"pool must be 'max' or 'mean', got {cfg.pool!r}")
+    check_pool(cfg.pool)
     encoders, recipe = load_run_encoders(cfg.checkpoint, cfg.space, cfg.random_init, cfg.seed)
     settings, _ = read_store_settings(Path(cfg.data))
-    views = view_subset(settings.views, cfg.views or settings.views)
+    views = view_subset(settings.views, cfg.views or settings.views, cfg.data)
+    with_images = "image" in cfg.modalities
     image_size = image_size_of(recipe, cfg.data, cfg.image_size)
     device = resolve_device(cfg.device)
     calibrated = calibrate_encoders(encoders, cfg.data, cfg.modalities, cfg.num_points, image_size,
@@ -149,15 +147,15 @@ def run_store_retrieval(cfg: StoreRetrievalConfig, log: Callable[[str], None] = 
         "num_classes": len(test.classes),
         "test_size": len(labels),
         "weights": encoders.source,
-        "bn_calibration": calibration_note(calibrated),
+        "bn_calibration": calibration_note(calibrated, encoders, cfg.modalities),
         "space": cfg.space + (": the method's heads into the space its loss aligns across modalities" if cfg.space == "shared"
                               else ": each modality's encoder output (within-modal pairs only)"),
         "encoders": describe_encoders(encoders, cfg.modalities),
         "feature_dims": {m: int(f.shape[-1]) for m, f in features.items()},
         "num_points": cfg.num_points,
-        "image_size": image_size,
+        "image_size": image_size if with_images else None,
         "views": {"count": len(views), "indices": views.tolist(), "pool": cfg.pool,
-                  "rule": "views floor(i * V / v), i < v, of the store's V; per-view features pooled"},
+                  "rule": "views floor(i * V / v), i < v, of the store's V; per-view features pooled"} if with_images else None,
         "queries": "every test object",
         "gallery": {"within-modal": "the other test objects (the query is excluded from its own ranking)",
                     "cross-modal": "every test object in the other modality, the query's own counterpart included"},

@@ -209,7 +209,7 @@ class _BlocksAsClouds(Dataset):
 @torch.no_grad()
 def predict_room(model: SceneSegmenter, room_points: np.ndarray, num_classes: int, block_size: float = 1.0,
                  stride: float = 0.5, num_points: int = 4096, batch_size: int = 32,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+                 seed: int = 0, name: str = "the room") -> tuple[np.ndarray, np.ndarray, int]:
     """Predict every point of one room by voting over its test blocks.
 
     room_points: (P, 6) x y z r g b, min corner at the origin (as SemSegRooms loads it); the
@@ -228,7 +228,7 @@ def predict_room(model: SceneSegmenter, room_points: np.ndarray, num_classes: in
 
     totals, votes = vote(len(room_points), scored(), num_classes)
     if (votes == 0).any():
-        raise RuntimeError(f"{int((votes == 0).sum())} points of the room lie in no test block")
+        raise RuntimeError(f"{name}: {int((votes == 0).sum())} points lie in no test block")
     return totals.argmax(1).astype(np.int64), votes, len(blocks)
 
 
@@ -252,7 +252,8 @@ def score_rooms(model: SceneSegmenter, rooms: Iterable[tuple[str, np.ndarray, np
     blocks = 0
     try:
         for name, points, labels in progress_bar(rooms, total=total, desc=desc, unit="room", enabled=progress):
-            pred, _, count = predict_room(model, points, len(classes), block_size, stride, num_points, batch_size, seed)
+            pred, _, count = predict_room(model, points, len(classes), block_size, stride, num_points, batch_size, seed,
+                                          name)
             accuracy = float((pred == labels).mean())
             preds.append(pred.astype(dtype))
             truths.append(np.asarray(labels).astype(dtype))
@@ -324,6 +325,10 @@ def _resolve_inputs(cfg: SemsegConfig) -> tuple[str, int, str, dict[str, Any]]:
         loaded = load_backbone(path, expected=cfg.backbone)
         channels = int(getattr(loaded.model, "in_channels", 3))
         takes = _feature_name(channels, f"{path}: the {loaded.backbone} backbone")
+        if channels == 6 and cfg.features is None:
+            raise ValueError(f"{path}: the {loaded.backbone} backbone takes 6 input channels, usually xyz + normals from "
+                             "pretraining; S3DIS blocks have colours, not normals: pass --features xyzrgb to feed colours "
+                             "in their place knowingly")
         if cfg.features is not None and FEATURES[cfg.features] != channels:
             raise ValueError(f"{path}: the {loaded.backbone} backbone takes {channels} input channels ({takes}), "
                              f"but features {cfg.features!r} give {FEATURES[cfg.features]}; use features {takes!r} "

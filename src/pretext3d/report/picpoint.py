@@ -2,7 +2,8 @@
 the rendered view (as in the Pic@Point paper's heatmaps).
 
 For a few test objects of the run's prepared store (one per class, drawn with the report's
-seed), the first stored view (as the dataset draws it, without augmentation) and the cloud go
+seed), one stored view (drawn by the dataset's seeded choice, without augmentation; the page
+and report.json name it) and the cloud go
 through the trained method in eval mode:
 
 * the query of local centre i (a point for DGCNN/PointNet, a set-abstraction centre for
