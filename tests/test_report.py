@@ -73,3 +73,11 @@ def test_report_page_loads_in_a_headless_browser(report_page, tmp_path):
     subprocess.run([*common, "--window-size=1300,3000", f"--screenshot={shot}", report_page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_retrieval_renders_use_the_up_axis_prepare_uses():
+    from pretext3d.data.sources import default_up_axis
+
+    assert default_up_axis("npz") == "z"  # ModelNet's convention, as `prepare` renders it
+    assert default_up_axis("mesh_folder") == "y"  # OBJ / ShapeNet
+    assert default_up_axis("npz", "y") == "y"  # what the reader knows wins

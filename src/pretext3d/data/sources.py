@@ -19,7 +19,15 @@ from pretext3d.data.meshes import Mesh, load_mesh
 from pretext3d.data.pointclouds import PointCloudDataset
 from pretext3d.data.readers import MESH_FORMATS, detect_format, open_splits
 
-__all__ = ["Source", "SourceObject", "open_source"]
+__all__ = ["Source", "SourceObject", "open_source", "default_up_axis"]
+
+
+def default_up_axis(fmt: str, known: str | None = None) -> str:
+    """The up axis of a dataset: as its reader knows it, else y for OBJ/ShapeNet-style mesh
+    folders and z (ModelNet's convention) for everything else."""
+    if known:
+        return known
+    return "y" if fmt == "mesh_folder" else "z"
 
 
 @dataclass(frozen=True)
@@ -89,11 +97,8 @@ class Source:
         self.__init__(state["path"], state["fmt"])
 
     def default_up(self) -> str:
-        """The up axis of the data: as its reader knows it, else y for OBJ/ShapeNet-style mesh
-        folders and z (ModelNet's convention) for everything else."""
-        if self.up_axis:
-            return self.up_axis
-        return "y" if self.fmt == "mesh_folder" else "z"
+        """The up axis of the data (``default_up_axis``)."""
+        return default_up_axis(self.fmt, self.up_axis)
 
     def objects(self) -> list[SourceObject]:
         found: list[SourceObject] = []

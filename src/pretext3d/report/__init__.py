@@ -160,12 +160,13 @@ def _tsne(features, labels, classes, cfg: ReportConfig, folder: Path, title: str
 
 
 def _retrieval_grid(split_features, cfg: ReportConfig, folder: Path) -> dict:
+    from pretext3d.data.sources import default_up_axis
     from pretext3d.eval.metrics import pairwise_distances
     from pretext3d.report.figures import render_cloud, retrieval_grid
 
     test = split_features.test
     dataset = split_features.splits["test"]
-    up = dataset.up_axis or "y"
+    up = default_up_axis(split_features.fmt, dataset.up_axis)  # as `prepare` renders the same data
     rng = np.random.default_rng(cfg.seed + 1)
     classes = rng.permutation(np.unique(test.labels))[: cfg.queries]
     queries = [int(rng.choice(np.flatnonzero(test.labels == c))) for c in classes]
