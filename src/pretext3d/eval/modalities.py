@@ -312,7 +312,8 @@ def calibration_note(objects: int | None, encoders: ModalityEncoders | None = No
     """The report's words for ``calibrate_encoders`` (None when the weights were trained)."""
     if objects is None:
         return None
-    what = ", ".join(modalities) + " encoder" + ("s" if len(modalities) > 1 else "")
+    names = list(modalities)
+    what = (", ".join(names[:-1]) + " and " if len(names) > 1 else "") + names[-1] + " encoder" + ("s" if len(names) > 1 else "")
     if encoders is not None and any(m in encoders.heads for m in modalities):
         what += " and their shared-space heads"
     images = " (every view of their images)" if "image" in modalities else ""
