@@ -78,6 +78,11 @@ def test_semantic_segmentation_scores_by_hand():
     assert scores["miou"] == pytest.approx(1 / 3)
     assert scores["overall_accuracy"] == pytest.approx(3 / 5)
     assert scores["mean_class_accuracy"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    # rooms scored one by one: their confusion matrices add up to the split's scores
+    from pretext3d.eval.metrics import confusion_matrix, scores_from_confusion
+
+    parts = confusion_matrix(np.array([0, 1]), np.array([0, 0]), 4) + confusion_matrix(np.array([1, 1, 0]), np.array([1, 1, 2]), 4)
+    assert scores_from_confusion(parts) == scores
 
 
 # --- few-shot ---------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ __all__ = [
     "shape_part_iou",
     "part_segmentation_miou",
     "semantic_segmentation_scores",
+    "confusion_matrix",
+    "scores_from_confusion",
 ]
 
 Metric = Literal["cosine", "euclidean"]
@@ -143,16 +145,28 @@ def part_segmentation_miou(
     }
 
 
-def semantic_segmentation_scores(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict:
-    """Scene segmentation scores over all points. pred, truth: (P,) class ids.
+def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
+    """pred, truth: (P,) class ids -> (K, K) int64 counts, rows = truth, columns = prediction.
+    Confusion matrices of parts of a split add up to the split's."""
+    pred = np.asarray(pred, dtype=np.int64).ravel()
+    truth = np.asarray(truth, dtype=np.int64).ravel()
+    return np.bincount(truth * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
-    IoU_c = TP_c / (TP_c + FP_c + FN_c) from the confusion matrix summed over every point;
-    mIoU averages the classes present in truth or prediction; OA = correct / all; mAcc = mean
-    over classes present in truth of TP_c / (TP_c + FN_c).
+
+def semantic_segmentation_scores(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict:
+    """Scene segmentation scores over all points. pred, truth: (P,) class ids
+    (``scores_from_confusion`` of their ``confusion_matrix``)."""
+    return scores_from_confusion(confusion_matrix(pred, truth, num_classes))
+
+
+def scores_from_confusion(confusion: np.ndarray) -> dict:
+    """Scores of a (K, K) confusion matrix summed over every point (rows = truth).
+
+    IoU_c = TP_c / (TP_c + FP_c + FN_c); mIoU averages the classes present in truth or
+    prediction; OA = correct / all; mAcc = mean over classes present in truth of
+    TP_c / (TP_c + FN_c).
     """
-    pred = np.asarray(pred).ravel()
-    truth = np.asarray(truth).ravel()
-    confusion = np.bincount(truth * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    confusion = np.asarray(confusion, dtype=np.int64)
     tp = np.diag(confusion).astype(np.float64)
     in_truth = confusion.sum(1)
     in_pred = confusion.sum(0)
@@ -162,7 +176,7 @@ def semantic_segmentation_scores(pred: np.ndarray, truth: np.ndarray, num_classe
     acc = np.where(in_truth > 0, tp / np.maximum(in_truth, 1), np.nan)
     return {
         "miou": float(np.nanmean(iou)),
-        "overall_accuracy": float(tp.sum() / max(len(truth), 1)),
+        "overall_accuracy": float(tp.sum() / max(int(confusion.sum()), 1)),
         "mean_class_accuracy": float(np.nanmean(acc)),
         "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
         "confusion": confusion.tolist(),

@@ -12,7 +12,7 @@ blocks of the training areas and score every point of the test area.
 * Scoring (validation and test): every room is tiled by ``room_blocks`` (blocks ``stride``
   apart that together hold every point), each block is predicted, and the softmax class
   probabilities are summed per point over the blocks that hold it (``vote``); the argmax per
-  point is scored against all the points of the split with ``semantic_segmentation_scores``
+  point is scored against all the points of the split (a confusion matrix summed room by room)
   (overall accuracy, mean class accuracy, per-class IoU, mIoU).
 * The task model runs on the one training loop (``engine.Trainer``), with the frozen /
   unfrozen backbone, the head choice and the best-on-validation selection of ``finetune``:
@@ -44,7 +44,7 @@ from pretext3d.engine.checkpoint import load_backbone, resolve_checkpoint
 from pretext3d.engine.trainer import Trainer
 from pretext3d.eval.features import calibrate_batchnorm
 from pretext3d.eval.finetune import _backbone, _BestKeeper, _FineTuned, finetune_schedule, label_fraction, segmentation_output
-from pretext3d.eval.metrics import semantic_segmentation_scores
+from pretext3d.eval.metrics import confusion_matrix, scores_from_confusion
 from pretext3d.eval.protocols import config_record
 from pretext3d.models import BACKBONES
 from pretext3d.models.layers import PointFeatures
@@ -239,7 +239,7 @@ def score_rooms(model: SceneSegmenter, rooms: Iterable[tuple[str, np.ndarray, np
     """Predict every point of every room (``predict_room``) and score the split at once.
 
     rooms: (name, points (P, 6), labels (P,)) per room (read lazily when a generator). Scores
-    of ``semantic_segmentation_scores`` over all points of all rooms: IoU_c = TP_c / (TP_c +
+    of the confusion matrix summed over all points of all rooms (``scores_from_confusion``): IoU_c = TP_c / (TP_c +
     FP_c + FN_c), mIoU = mean over the classes present in truth or prediction, OA = correct /
     points, mAcc = mean over classes present in truth of TP_c / (TP_c + FN_c); per-class IoU is
     keyed by class name (None: absent from truth and prediction). ``points`` = points scored
@@ -247,25 +247,24 @@ def score_rooms(model: SceneSegmenter, rooms: Iterable[tuple[str, np.ndarray, np
     """
     was_training = model.training
     model.eval()
-    preds, truths, per_room = [], [], []
-    dtype = np.int16 if len(classes) <= np.iinfo(np.int16).max else np.int64  # compact: rooms hold millions of points
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)  # summed room by room: no per-point store
+    per_room = []
     blocks = 0
     try:
         for name, points, labels in progress_bar(rooms, total=total, desc=desc, unit="room", enabled=progress):
             pred, _, count = predict_room(model, points, len(classes), block_size, stride, num_points, batch_size, seed,
                                           name)
             accuracy = float((pred == labels).mean())
-            preds.append(pred.astype(dtype))
-            truths.append(np.asarray(labels).astype(dtype))
+            confusion += confusion_matrix(pred, labels, len(classes))
             per_room.append({"name": name, "points": len(pred), "blocks": count, "overall_accuracy": accuracy})
             blocks += count
             if log:
                 log(f"[semseg] {desc}: {name}: {len(pred)} points, {count} blocks, accuracy {100 * accuracy:.2f}%")
     finally:
         model.train(was_training)
-    if not preds:
+    if not per_room:
         raise ValueError("no rooms to score")
-    scores = semantic_segmentation_scores(np.concatenate(preds), np.concatenate(truths), len(classes))
+    scores = scores_from_confusion(confusion)
     scores["per_class_iou"] = dict(zip(classes, scores["per_class_iou"]))
     return {**scores, "rooms": len(per_room), "points": int(sum(r["points"] for r in per_room)), "blocks": blocks,
             "per_room": per_room}
