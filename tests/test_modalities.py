@@ -231,3 +231,15 @@ def test_options_of_other_protocols_are_refused(runs, capsys):
     assert main(["evaluate", "retrieval", "--data", store, "--checkpoint", run, "--modalities", "image", "--views", "9",
                  "--quiet"]) == 2
     assert "holds 3 views per object" in capsys.readouterr().err
+
+
+def test_the_shared_space_is_the_encoder_space_through_the_heads(runs):
+    from pretext3d.eval.modalities import through_heads
+
+    shared, _ = load_run_encoders(runs["mims"], "shared")
+    encoder, _ = load_run_encoders(runs["mims"], "encoder")
+    kwargs = dict(image_size=32, num_points=128, use_cache=False, progress=False)
+    direct = embed_store(shared, runs["store"], "test", **kwargs).features
+    derived = through_heads(shared, embed_store(encoder, runs["store"], "test", **kwargs).features)
+    for m in direct:
+        np.testing.assert_allclose(derived[m], direct[m], rtol=1e-4, atol=1e-5)

@@ -22,7 +22,7 @@ from pretext3d.utils.io import atomic_path
 
 __all__ = ["CheckpointError", "LoadedBackbone", "save_backbone", "load_backbone", "resolve_checkpoint", "FORMAT",
            "REFERENCE_BACKBONES", "unique_state_dict", "load_unique_state_dict", "checkpoint_architecture", "load_method",
-           "training_checkpoints"]
+           "training_checkpoints", "run_recipe"]
 
 FORMAT = "pretext3d-backbone/1"
 
@@ -91,7 +91,18 @@ def training_checkpoints(run: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def load_method(run: str | Path, step: int | None = None) -> nn.Module:
+def run_recipe(run: str | Path) -> dict[str, Any]:
+    """The recipe.json of a ``pretext3d pretrain`` run folder, without the image weights it
+    started from (a checkpoint, or a random init, replaces them: they are never read again)."""
+    run = Path(run)
+    if not (run / "recipe.json").is_file():
+        raise CheckpointError(f"{run}: not a pretext3d pretrain run folder (no recipe.json)")
+    recipe = json.loads((run / "recipe.json").read_text())
+    recipe["model"] = {k: v for k, v in recipe["model"].items() if k != "image_weights"}
+    return recipe
+
+
+def load_method(run: str | Path, step: int | None = None, recipe: dict[str, Any] | None = None) -> nn.Module:
     """The whole pretext method of a ``pretext3d pretrain`` run folder (every encoder and head,
     e.g. MIMS's image, point and mesh encoders for ``fused_features``), rebuilt from its
     recipe.json and loaded from its newest checkpoint (or ``step``); in eval mode. Image weights
@@ -101,10 +112,7 @@ def load_method(run: str | Path, step: int | None = None) -> nn.Module:
     from pretext3d.config import build_method
 
     run = Path(run)
-    if not (run / "recipe.json").is_file():
-        raise CheckpointError(f"{run}: not a pretext3d pretrain run folder (no recipe.json)")
-    recipe = json.loads((run / "recipe.json").read_text())
-    recipe["model"] = {k: v for k, v in recipe["model"].items() if k != "image_weights"}
+    recipe = recipe if recipe is not None else run_recipe(run)  # ``run_recipe(run)`` when the caller has it
     folders = training_checkpoints(run)
     if step is not None:
         folders = [f for f in folders if f.name == f"step-{step:07d}"]

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from pretext3d.data.pointclouds import PointCloudDataset
 from pretext3d.utils.device import rank_and_world
 from pretext3d.utils.progress import progress_bar
 
-__all__ = ["Features", "extract_features", "calibrate_batchnorm", "batchnorm_calibration", "collate_clouds"]
+__all__ = ["Features", "extract_features", "calibrate_batchnorm", "batchnorm_calibration", "collate_clouds", "seeded_subset"]
 
 
 @dataclass
@@ -126,6 +126,13 @@ def _gather(local: Features) -> Features:
     )
 
 
+def seeded_subset(dataset: Dataset, count: int, seed: int) -> Subset:
+    """min(count, len(dataset)) items of ``dataset`` in a random order seeded by ``seed``
+    (what BatchNorm statistics are calibrated on)."""
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    return Subset(dataset, chosen)
+
+
 @contextmanager
 def batchnorm_calibration(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block, forward passes set ``model``'s BatchNorm running statistics to the
@@ -174,11 +181,8 @@ def calibrate_batchnorm(
         raise ValueError(f"BatchNorm calibration needs batches of at least 2 clouds, got {batch_size}")
     device = torch.device(device)
     model = model.to(device)
-    generator = torch.Generator().manual_seed(seed)
-    count = min(num_clouds, len(dataset))
-    chosen = torch.randperm(len(dataset), generator=generator)[:count].tolist()
     used = 0
-    batches = _loader(Subset(dataset, chosen), batch_size, num_workers)
+    batches = _loader(seeded_subset(dataset, num_clouds, seed), batch_size, num_workers)
     with batchnorm_calibration(model):
         for batch in progress_bar(batches, desc="BN calibration", unit="batch", enabled=progress):
             if "points" not in batch or len(batch["points"]) < 2:

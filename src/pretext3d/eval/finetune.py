@@ -17,9 +17,10 @@ import json
 import math
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -280,6 +281,17 @@ class FinetuneConfig:
     progress: bool = True
 
 
+@contextmanager
+def runs_folder(out: str | Path | None, prefix: str) -> Iterator[Path]:
+    """Where the fine-tuning runs of a protocol are kept: ``out``, or a temporary folder that is
+    removed afterwards."""
+    if out is not None:
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
 def finetune_schedule(cfg: Any, items: int) -> TrainConfig:
     """The training run of one fine-tuning: batches of min(batch_size, items) (at least 2),
     max(min_steps, ceil(epochs x items / batch)) steps, cosine schedule, ``validations``
@@ -401,12 +413,10 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
         raise ValueError("give exactly one of random_init=True or a checkpoint")
     device = resolve_device(cfg.device)
     splits, category_parts, num_outputs = _open_task_splits(cfg)
-    holder = tempfile.TemporaryDirectory(prefix="pretext3d-finetune-") if cfg.out is None else None
-    root = Path(holder.name if holder else cfg.out)
     start = time.perf_counter()
     key = _scorer(cfg, category_parts, device)[0]
     runs = []
-    try:
+    with runs_folder(cfg.out, "pretext3d-finetune-") as root:
         for fraction in cfg.fractions:
             for mode in cfg.modes:
                 out = root / f"{cfg.task}_{mode}_{fraction:g}"
@@ -414,9 +424,6 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
                 runs.append(_one_run(cfg, splits, category_parts, num_outputs, fraction, mode, out, device, log))
                 log(f"[finetune] test {key} {100 * runs[-1]['test'][key]:.2f}% (selected at step "
                     f"{runs[-1]['selected']['step']} on validation)")
-    finally:
-        if holder:
-            holder.cleanup()
     return {
         "protocol": "finetune-cls" if cfg.task == "classification" else "partseg",
         "dataset": cfg.data,

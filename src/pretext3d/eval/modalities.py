@@ -28,15 +28,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from pretext3d.data.errors import DataFormatError
 from pretext3d.data.multimodal import MultimodalDataset
 from pretext3d.data.store import read_index, read_store_settings
-from pretext3d.engine.checkpoint import CheckpointError, load_method, training_checkpoints
+from pretext3d.engine.checkpoint import load_method, run_recipe, training_checkpoints
 from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
-from pretext3d.eval.features import Features, batchnorm_calibration
+from pretext3d.eval.features import Features, batchnorm_calibration, seeded_subset
 from pretext3d.utils.progress import progress_bar
 
 __all__ = [
     "MODALITIES",
     "SHARED_HEADS",
     "describe_encoders",
+    "through_heads",
     "image_size_of",
     "StoreProtocolConfig",
     "ModalityEncoders",
@@ -156,23 +157,17 @@ def load_run(run: str | Path | None, random_init: bool = False, seed: int = 0) -
     the weights' identity for cache keys and a description. random_init: the same method with
     seeded random weights instead (the floor of the run; calibrate its BatchNorm statistics
     with ``calibrate_encoders`` before use)."""
-    import json
-
     from pretext3d.config import build_method
 
     if run is None:
         raise ValueError("this protocol needs a `pretext3d pretrain` run folder (with random_init: its architecture)")
     run = Path(run)
-    if not (run / "recipe.json").is_file():
-        raise CheckpointError(f"{run}: not a `pretext3d pretrain` run folder (no recipe.json); image and mesh protocols "
-                              "need one (a backbone file holds only the point network)")
-    recipe = json.loads((run / "recipe.json").read_text())
+    recipe = run_recipe(run)
     if random_init:
         torch.manual_seed(seed)
-        recipe["model"] = {k: v for k, v in recipe["model"].items() if k != "image_weights"}
         method = build_method(recipe).eval()
         return method, recipe, {"random_like": recipe, "init_seed": seed}, f"{recipe['method']} of {run}, random init (seed {seed})"
-    method = load_method(run)
+    method = load_method(run, recipe=recipe)
     newest = training_checkpoints(run)[-1]
     return method, recipe, {"run_weights": file_digest(newest / "model.safetensors")}, f"{recipe['method']} run {run} ({newest.name})"
 
@@ -285,7 +280,6 @@ def calibrate_encoders(encoders: ModalityEncoders, root: str | Path, modalities:
     test; images: every view); weights untouched. Records the setting in ``weights_id`` (cache
     keys) and returns the number of objects used."""
     dataset = _store_dataset(Path(root), "train", modalities, num_points, image_size)
-    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:objects].tolist()
     encoders.to(device)
     used = 0
     with ExitStack() as stack:
@@ -293,7 +287,8 @@ def calibrate_encoders(encoders: ModalityEncoders, root: str | Path, modalities:
             stack.enter_context(batchnorm_calibration(encoders.modules[m]))
             if m in encoders.heads:
                 stack.enter_context(batchnorm_calibration(encoders.heads[m]))
-        for batch in progress_bar(_loader(Subset(dataset, chosen), batch_size, num_workers), desc="BN calibration",
+        for batch in progress_bar(_loader(seeded_subset(dataset, objects, seed), batch_size, num_workers),
+                                  desc="BN calibration",
                                   unit="batch", enabled=progress):
             if len(batch["label"]) < 2:  # a head's BatchNorm over one vector per object has no statistics
                 continue
@@ -386,6 +381,26 @@ def embed_store(encoders: ModalityEncoders, root: str | Path, split: str, modali
     names = [e.get("name", e["key"]) for e in entries]
     return StoreEmbeddings(split, labels.copy(), names, list(dataset.classes), features,
                            {m: found[m] is not None for m in chosen}, seconds)
+
+
+@torch.no_grad()
+def through_heads(encoders: ModalityEncoders, features: dict[str, np.ndarray], device: torch.device | str = "cpu",
+                  chunk: int = 4096) -> dict[str, np.ndarray]:
+    """Encoder-space features -> the shared space: each modality's head (in eval mode) applied
+    to its encoder output, as ``embed_store`` with ``encoders`` would compute it, without running
+    the encoders again. features: {"points"|"mesh": (S, D), "image": (S, V, D)}; a modality
+    without a head is returned as is."""
+    out = {}
+    for modality, values in features.items():
+        head = encoders.heads.get(modality)
+        if head is None:
+            out[modality] = values
+            continue
+        head.to(device).eval()
+        flat = torch.from_numpy(values.reshape(-1, values.shape[-1]))
+        mapped = torch.cat([head(flat[i:i + chunk].to(device)).float().cpu() for i in range(0, len(flat), chunk)])
+        out[modality] = mapped.numpy().reshape(*values.shape[:-1], -1)
+    return out
 
 
 def describe_encoders(encoders: ModalityEncoders, modalities: Sequence[str]) -> dict[str, str]:

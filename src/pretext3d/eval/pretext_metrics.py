@@ -30,7 +30,7 @@ from torch import nn
 from pretext3d.data.store import read_store_settings
 from pretext3d.eval.modalities import (
     SHARED_HEADS, StoreEmbeddings, StoreProtocolConfig, calibrate_encoders, calibration_note, embed_store, image_size_of,
-    load_run, method_encoders,
+    load_run, method_encoders, through_heads,
 )
 from pretext3d.eval.protocols import config_record
 from pretext3d.utils.device import resolve_device
@@ -155,13 +155,13 @@ def run_pretext(cfg: PretextConfig, log: Callable[[str], None] = print) -> dict[
     train_rows = _train_rows(cfg)
     common = dict(num_points=cfg.num_points, image_size=image_size, batch_size=cfg.batch_size, device=device,
                   num_workers=cfg.num_workers, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache, progress=cfg.progress)
-    embedded = {(space, split): embed_store(encoders, cfg.data, split, wanted, **common,
-                                            objects=train_rows if split == "train" else None)
-                for space, encoders in spaces.items() for split in ("train", "test")}
-    pairs = {split: _pairs_for(embedded[("encoder", split)], settings.views, cfg.pairs_factor, cfg.seed, tag)
+    # the encoders run once per split; the shared space is their output through the heads
+    embedded = {split: embed_store(encoder_space, cfg.data, split, wanted, **common,
+                                   objects=train_rows if split == "train" else None) for split in ("train", "test")}
+    pairs = {split: _pairs_for(embedded[split], settings.views, cfg.pairs_factor, cfg.seed, tag)
              for tag, split in enumerate(("train", "test"))}
     results: dict[str, Any] = {}
-    enc = {split: embedded[("encoder", split)].features for split in ("train", "test")}
+    enc = {split: embedded[split].features for split in ("train", "test")}
     distances = {split: pair_distances(enc[split]["image"][p.first, p.first_view], enc[split]["image"][p.second, p.second_view])
                  for split, p in pairs.items()}
     results["cross_view"] = {"space": "image encoder, L2-normalised",
@@ -171,7 +171,7 @@ def run_pretext(cfg: PretextConfig, log: Callable[[str], None] = print) -> dict[
             "rule": "the method's pair classifier F_f on [image feature ; cloud feature]: same object iff logit 1 > logit 0",
             "accuracy": _classifier_accuracy(fusion, enc["test"]["image"], enc["test"]["points"], pairs["test"], device)}
     if "points" in wanted and "shared" in spaces:
-        shared = {split: embedded[("shared", split)].features for split in ("train", "test")}
+        shared = {split: through_heads(spaces["shared"], enc[split], device) for split in ("train", "test")}
         distances = {split: pair_distances(shared[split]["image"][p.first, p.first_view], shared[split]["points"][p.second])
                      for split, p in pairs.items()}
         results["cross_modal"] = {"space": "the method's shared space, L2-normalised",
@@ -182,7 +182,7 @@ def run_pretext(cfg: PretextConfig, log: Callable[[str], None] = print) -> dict[
             line += (f"; positive {res['positive_distance']['mean']:.3f} +- {res['positive_distance']['std']:.3f}, "
                      f"negative {res['negative_distance']['mean']:.3f} +- {res['negative_distance']['std']:.3f}")
         log(line)
-    test_size = len(embedded[("encoder", "test")].labels)
+    test_size = len(embedded["test"].labels)
     return {
         "protocol": "pretext",
         "dataset": cfg.data,

@@ -27,7 +27,6 @@ numbers) and ``format_semseg`` prints it.
 from __future__ import annotations
 
 import inspect
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -43,7 +42,9 @@ from pretext3d.data.segmentation import RoomArrays, SemSegBlocks, SemSegRooms, c
 from pretext3d.engine.checkpoint import load_backbone, resolve_checkpoint
 from pretext3d.engine.trainer import Trainer
 from pretext3d.eval.features import calibrate_batchnorm
-from pretext3d.eval.finetune import _backbone, _BestKeeper, _FineTuned, finetune_schedule, label_fraction, segmentation_output
+from pretext3d.eval.finetune import (
+    _backbone, _BestKeeper, _FineTuned, finetune_schedule, label_fraction, runs_folder, segmentation_output,
+)
 from pretext3d.eval.metrics import confusion_matrix, scores_from_confusion
 from pretext3d.eval.protocols import config_record
 from pretext3d.models import BACKBONES
@@ -470,11 +471,9 @@ def run_semseg(cfg: SemsegConfig, log: Callable[[str], None] = print) -> dict[st
     log(f"[semseg] {cfg.data}: test Area_{cfg.test_area} ({len(names['test'])} rooms); training areas "
         f"{sorted(set(train_rooms.areas.tolist()))}: {len(names['train'])} rooms train, {len(names['val'])} held out "
         f"for validation; features {features} ({channels} channels)")
-    holder = tempfile.TemporaryDirectory(prefix="pretext3d-semseg-") if cfg.out is None else None
-    root = Path(holder.name if holder else cfg.out)  # type: ignore[arg-type]
     start = time.perf_counter()
     runs = []
-    try:
+    with runs_folder(cfg.out, "pretext3d-semseg-") as root:
         for fraction in cfg.fractions:
             for mode in cfg.modes:
                 out = root / f"semseg_{mode}_{fraction:g}"
@@ -484,9 +483,6 @@ def run_semseg(cfg: SemsegConfig, log: Callable[[str], None] = print) -> dict[st
                 log(f"[semseg] test mIoU {100 * run['test']['miou']:.2f}% (OA {100 * run['test']['overall_accuracy']:.2f}%, "
                     f"mAcc {100 * run['test']['mean_class_accuracy']:.2f}%), selected at step {run['selected']['step']} "
                     f"(val mIoU {100 * run['selected']['miou']:.2f}%)")
-    finally:
-        if holder:
-            holder.cleanup()
     return {
         "protocol": "semseg",
         "dataset": cfg.data,
