@@ -30,7 +30,7 @@ def test_evaluate_linear_svm_writes_the_contract_json(tmp_path, capsys):
 
 
 def test_random_init_floor_like_a_checkpoint_takes_its_architecture(tmp_path, capsys):
-    from pretext3d.engine.checkpoint import save_backbone
+    from pretext3d.models.checkpoint import save_backbone
     from pretext3d.models import build_backbone
 
     data = write_two_class_npz(tmp_path / "two.npz")
@@ -53,7 +53,7 @@ def test_random_init_floor_like_a_checkpoint_takes_its_architecture(tmp_path, ca
 def test_evaluate_with_checkpoint(tmp_path):
     import torch
 
-    from pretext3d.engine.checkpoint import save_backbone
+    from pretext3d.models.checkpoint import save_backbone
     from pretext3d.models import PointNet
 
     data = write_two_class_npz(tmp_path / "two.npz")
@@ -67,7 +67,7 @@ def test_evaluate_with_checkpoint(tmp_path):
 
 
 def test_checkpoint_taking_normals(tmp_path, capsys):
-    from pretext3d.engine.checkpoint import save_backbone
+    from pretext3d.models.checkpoint import save_backbone
     from pretext3d.models import PointNet
 
     ckpt = save_backbone(tmp_path / "pn6.safetensors", PointNet(in_channels=6, emb_dims=16).eval(), "pointnet",

@@ -175,7 +175,7 @@ def test_evaluate_fewshot_and_retrieval_cli_write_their_settings(tmp_path, capsy
 
 
 def test_holdout_and_label_fractions_are_stratified_disjoint_and_nested():
-    from pretext3d.data.segmentation import carve_validation
+    from pretext3d.data.splits import carve_validation
     from pretext3d.eval.finetune import label_fraction
 
     labels = np.repeat([0, 1, 2], [10, 20, 1])
@@ -198,7 +198,7 @@ def test_finetune_frozen_keeps_the_backbone_and_selects_on_validation(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from pretext3d.engine.checkpoint import save_backbone
+    from pretext3d.models.checkpoint import save_backbone
     from pretext3d.eval.finetune import FinetuneConfig, run_finetune
     from pretext3d.models import PointNet
 
@@ -231,7 +231,7 @@ def test_finetune_frozen_keeps_the_backbone_and_selects_on_validation(tmp_path):
 def test_partseg_predicts_only_the_parts_of_the_shape_category(tmp_path, backbone, config):
     import torch
 
-    from pretext3d.data.segmentation import open_partseg
+    from pretext3d.data.shapenetpart import open_partseg
     from pretext3d.eval.features import collate_clouds
     from pretext3d.eval.finetune import FinetuneConfig, PartSegmenter, run_finetune
     from pretext3d.models import build_backbone

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pretext3d.losses import nt_xent
-from pretext3d.pretext.mims import MIMS, batch_normalized, jitter_mesh_centres, mesh_inputs, orthogonality
+from pretext3d.models import mesh_inputs
+from pretext3d.pretext.mims import MIMS, batch_normalized, jitter_mesh_centres, orthogonality
 
 TINY = {"backbone": "pointnet", "backbone_config": {"emb_dims": 16}, "mesh_config": {"emb_dims": 16, "num_kernels": 4},
         "projection_dim": 8, "hidden_dim": 16, "gather_distributed": False}

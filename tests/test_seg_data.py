@@ -28,7 +28,7 @@ from pretext3d.data import (
 )
 from pretext3d.data.builtin import CLASSES as BUILTIN_CLASSES
 from pretext3d.data.builtin import PART_NAMES, part_offset
-from pretext3d.data.segmentation import carve_validation, resample_indices
+from pretext3d.data.splits import carve_validation, resample_indices
 
 # --- ShapeNetPart ---------------------------------------------------------------------------------
 

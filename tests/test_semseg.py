@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from pretext3d.data.segmentation import S3DIS_CLASSES, open_semseg
-from pretext3d.engine.checkpoint import save_backbone
+from pretext3d.data.s3dis import S3DIS_CLASSES, open_semseg
+from pretext3d.models.checkpoint import save_backbone
 from pretext3d.cli_evaluate import add_semseg_arguments, semseg_config
 from pretext3d.eval.semseg import (
     SemsegConfig,

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pretext3d.engine.checkpoint import LoadedBackbone
+    from pretext3d.models.checkpoint import LoadedBackbone
 
 __version__ = "0.1.0"
 __all__ = ["load_backbone", "load_method", "__version__"]
@@ -14,18 +14,18 @@ __all__ = ["load_backbone", "load_method", "__version__"]
 
 def load_backbone(path: str | Path, expected: str | None = None, **reference_config: Any) -> LoadedBackbone:
     """Rebuild a backbone from a checkpoint file or a finished ``pretext3d pretrain`` run folder
-    (see :func:`pretext3d.engine.checkpoint.load_backbone`). ``.model`` maps points (B, N, 3) to
-    an output whose ``.global_`` is (B, D)."""
+    (see :func:`pretext3d.runs.load_backbone`). ``.model`` maps points (B, N, 3) to an output
+    whose ``.global_`` is (B, D)."""
     # imported here so that `import pretext3d` (and the CLI's --help) does not load torch
-    from pretext3d.engine.checkpoint import load_backbone as load
+    from pretext3d.runs import load_backbone as load
 
     return load(path, expected, **reference_config)
 
 
 def load_method(run: str | Path, step: int | None = None):
     """The whole pretext method of a run folder (encoders and heads), from its recipe and its
-    newest checkpoint (see :func:`pretext3d.engine.checkpoint.load_method`); e.g.
+    newest checkpoint (see :func:`pretext3d.runs.load_method`); e.g.
     ``load_method(run).fused_features(batch, ("points", "mesh"))`` for a MIMS run."""
-    from pretext3d.engine.checkpoint import load_method as load
+    from pretext3d.runs import load_method as load
 
     return load(run, step)

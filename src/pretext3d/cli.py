@@ -99,7 +99,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Random-init PointNet floor, then each method's *_cpu recipe on the same built-in
     training split, each evaluated with the same linear-SVM protocol."""
-    from pretext3d.cli_pretrain import pretrain
+    from pretext3d.pretraining import pretrain
     from pretext3d.data.builtin import builtin_spec
     from pretext3d.eval.protocols import LinearSVMConfig, run_linear_svm
     from pretext3d.utils.io import atomic_write_json
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     from pretext3d.data.errors import DataFormatError
-    from pretext3d.engine.checkpoint import CheckpointError
+    from pretext3d.models.checkpoint import CheckpointError
 
     try:
         return int(args.func(args) or 0)

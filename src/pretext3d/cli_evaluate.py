@@ -69,7 +69,7 @@ def _add_feature_args(p: argparse.ArgumentParser) -> None:
 
 def _like_architecture(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | None]:
     """(backbone name, random-init config): --like's checkpoint architecture, else --backbone and None."""
-    from pretext3d.engine.checkpoint import checkpoint_architecture
+    from pretext3d.runs import backbone_architecture as checkpoint_architecture
 
     if not args.like:
         return args.backbone, None
@@ -253,7 +253,7 @@ def _add_view_args(p: argparse._ActionsContainer, multiple: bool) -> None:
 
 def _store_run(args: argparse.Namespace) -> str:
     """The run folder whose method a store protocol uses: --checkpoint, or --like with --random-init."""
-    from pretext3d.engine.checkpoint import checkpoint_architecture
+    from pretext3d.runs import backbone_architecture as checkpoint_architecture
 
     run = args.checkpoint or args.like
     if not run:

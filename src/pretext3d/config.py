@@ -2,7 +2,7 @@
 
 A recipe names a method and its settings, the data and the trainer's settings::
 
-    method: crosspoint            # crosspoint | parae | picpoint | cmcv | mims | compose
+    method: crosspoint            # a registered method: crosspoint | parae | picpoint | cmcv | mims | compose | ...
     model: {backbone: dgcnn, backbone_config: {k: 15}, image_encoder: resnet50}
     data: /path/to/store          # absent or null: the built-in shapes
     data_options: {points: 2048, image_size: 224, ...}
@@ -32,37 +32,20 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig
+from pretext3d.pretext import METHODS, MethodSettingsError, method_class
+from pretext3d.pretext import build_method as build_registered_method
 
-__all__ = ["RecipeError", "load_recipe", "shipped_recipes", "RECIPES_DIR", "apply_overrides", "build_method", "build_dataset", "train_config",
-           "METHODS", "DATA_NEEDS", "DEFAULT_DATA_OPTIONS", "data_needs"]
-
-# what each method reads: images and meshes (a prepared store), how many augmented point views
-# and how many rendered views per object (MIMS: as its modalities say; compose: its tasks' union)
-DATA_NEEDS: dict[str, dict[str, Any]] = {
-    "crosspoint": {"images": True, "point_views": 2, "views": 1, "mesh": False},
-    "parae": {"images": False, "point_views": 1, "views": 1, "mesh": False},
-    "picpoint": {"images": True, "point_views": 1, "views": 1, "mesh": False},
-    "cmcv": {"images": True, "point_views": 1, "views": 2, "mesh": False},
-    "mims": {"images": True, "point_views": 2, "views": 2, "mesh": True},
-}
-METHODS = (*DATA_NEEDS, "compose")
-
+__all__ = ["RecipeError", "load_recipe", "shipped_recipes", "RECIPES_DIR", "apply_overrides", "build_method", "build_dataset",
+           "train_config", "DEFAULT_DATA_OPTIONS", "data_needs"]
 
 def data_needs(method: str, model: dict[str, Any]) -> dict[str, Any]:
-    """What the training data must hold for ``method`` built with ``model`` settings."""
-    if method == "compose":
-        tasks = model.get("tasks") or {}
-        if not isinstance(tasks, dict) or not tasks:
-            raise RecipeError("method compose needs model.tasks: {method name: settings, ...}")
-        parts = [data_needs(name, dict(spec or {})) for name, spec in tasks.items() if name in DATA_NEEDS]
-        return {"images": any(p["images"] for p in parts), "mesh": any(p["mesh"] for p in parts),
-                "point_views": max(p["point_views"] for p in parts), "views": max(p["views"] for p in parts)}
-    needs = dict(DATA_NEEDS[method])
-    if method == "mims":
-        modalities = model.get("modalities") or ("image", "points", "mesh")
-        needs.update(images="image" in modalities, views=2 if "image" in modalities else 1,
-                     point_views=2 if "points" in modalities else 1, mesh="mesh" in modalities)
-    return needs
+    """What the training data must hold for ``method`` built with ``model`` settings (the
+    method declares it: ``PretextMethod.data_needs``)."""
+    try:
+        return method_class(method).data_needs(model).as_dict()
+    except MethodSettingsError as err:
+        raise RecipeError(str(err)) from None
+
 
 # how pretraining data are read and augmented (MultimodalDataset / AugmentedClouds)
 DEFAULT_DATA_OPTIONS: dict[str, Any] = {
@@ -189,7 +172,7 @@ def _set(recipe: dict[str, Any], parts: list[str], value: Any, key: str, merge: 
 
 
 def _validate(recipe: dict[str, Any]) -> None:
-    if recipe["method"] not in METHODS:
+    if recipe["method"] not in METHODS:  # the registry of pretext3d.pretext (methods register themselves)
         raise RecipeError(f"method must be one of {', '.join(METHODS)}, got {recipe['method']!r}")
     if not isinstance(recipe["batch_size"], int) or recipe["batch_size"] < 1:
         raise RecipeError(f"batch_size must be a positive integer, got {recipe['batch_size']!r}")
@@ -225,13 +208,11 @@ def train_config(recipe: dict[str, Any], dataset_size: int) -> TrainConfig:
 
 
 def build_method(recipe: dict[str, Any]) -> nn.Module:
-    """The method module with ``recipe["model"]`` as keyword arguments."""
-    from pretext3d.pretext.compose import Composed, task_classes
-
-    cls = {**task_classes(), "compose": Composed}[recipe["method"]]
+    """The recipe's method (the registry's ``build_method``) with ``recipe["model"]`` as keyword
+    arguments."""
     try:
-        return cls(**recipe["model"])
-    except TypeError as err:  # an unknown or missing keyword
+        return build_registered_method(recipe["method"], recipe["model"])
+    except MethodSettingsError as err:  # an unknown or missing keyword
         raise RecipeError(f"model: {err}") from None
 
 

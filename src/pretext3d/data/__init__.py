@@ -1,5 +1,6 @@
 """Datasets: readers for the usual formats, the built-in procedural shapes, meshes, and the
-part / semantic segmentation data (ShapeNetPart, built-in parts, S3DIS)."""
+part segmentation data (``shapenetpart``: ShapeNetPart, built-in parts) and semantic
+segmentation data (``s3dis``), one module per dataset."""
 
 from pretext3d.data.builtin import CLASSES as BUILTIN_CLASSES
 from pretext3d.data.builtin import builtin_meshes, builtin_splits, export_builtin_meshes, make_shape
@@ -14,18 +15,9 @@ from pretext3d.data.readers import (
     detect_format,
     open_splits,
 )
-from pretext3d.data.segmentation import (
-    S3DIS_CLASSES,
-    SHAPENETPART_CATEGORY_PARTS,
-    SHAPENETPART_CLASSES,
-    PartSegDataset,
-    SemSegBlocks,
-    SemSegRooms,
-    block_features,
-    open_partseg,
-    open_semseg,
-    room_blocks,
-)
+from pretext3d.data.s3dis import S3DIS_CLASSES, SemSegBlocks, SemSegRooms, block_features, open_semseg, room_blocks
+from pretext3d.data.shapenetpart import SHAPENETPART_CATEGORY_PARTS, SHAPENETPART_CLASSES, PartSegDataset, open_partseg
+from pretext3d.data.splits import carve_validation, resample_indices
 
 __all__ = [
     "ArrayPointClouds",
@@ -46,6 +38,8 @@ __all__ = [
     "SemSegRooms",
     "SubsetPointClouds",
     "block_features",
+    "carve_validation",
+    "resample_indices",
     "builtin_meshes",
     "builtin_splits",
     "detect_format",

@@ -3,7 +3,8 @@
 A method is an ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar, <part>: scalar,
 ...}`` (parts keep their graph, so a composed recipe can weight them; they are logged detached)
 and which exposes ``backbone`` (the network to export), ``backbone_name`` and
-``backbone_config`` (how to rebuild it). The trainer owns the rest:
+``backbone_config`` (how to rebuild it) and ``export_backbone(path, extra)`` to write it. The
+engine knows nothing else of a method, of the models or of recipes. The trainer owns the rest:
 
 * optimiser (Adam / AdamW / SGD) and a learning rate that is a pure function of the step
   (linear warm-up, then cosine / step / constant), so resuming needs no scheduler state;
@@ -40,14 +41,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pretext3d.engine.checkpoint import load_unique_state_dict, save_backbone, training_checkpoints, unique_state_dict
+from pretext3d.engine.checkpoint import CHECKPOINT_FORMAT, training_checkpoints
 from pretext3d.engine.sync_bn import convert_batchnorm
 from pretext3d.utils.device import init_distributed, rank_and_world, resolve_device
 from pretext3d.utils.io import atomic_write_json, atomic_write_text
+from pretext3d.utils.state import load_unique_state_dict, unique_state_dict
 
 __all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "Trainer", "learning_rate", "batch_indices"]
-
-CHECKPOINT_FORMAT = "pretext3d-train-state/1"
 
 
 @dataclass
@@ -404,8 +404,9 @@ class Trainer:
         if self.rank != 0:
             return
         method = self.method
-        save_backbone(self.out / "backbone.safetensors", method.backbone, method.backbone_name,
-                      method.backbone_config, extra={"method": type(method).__name__, "steps": self.config.steps})
+        if hasattr(method, "export_backbone"):  # the method interface: see models.checkpoint.ExportsBackbone
+            method.export_backbone(self.out / "backbone.safetensors",
+                                   extra={"method": type(method).__name__, "steps": self.config.steps})
         atomic_write_json(self.out / "config.json", {"train": asdict(self.config), **self.extra_config,
                                                      "backbone": method.backbone_name,
                                                      "backbone_config": method.backbone_config,

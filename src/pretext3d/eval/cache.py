@@ -21,7 +21,7 @@ import numpy as np
 
 from pretext3d import __version__
 from pretext3d.eval.features import Features
-from pretext3d.utils.io import atomic_path
+from pretext3d.utils.io import atomic_path, file_digest
 
 __all__ = ["FeatureCache", "file_digest", "data_fingerprint", "default_cache_dir", "code_digest"]
 
@@ -29,14 +29,6 @@ __all__ = ["FeatureCache", "file_digest", "data_fingerprint", "default_cache_dir
 def default_cache_dir() -> Path:
     root = os.environ.get("PRETEXT3D_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "pretext3d")
     return Path(root) / "features"
-
-
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)

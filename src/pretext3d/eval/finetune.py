@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from pretext3d.data.segmentation import carve_validation
-from pretext3d.engine.checkpoint import load_backbone, resolve_checkpoint
+from pretext3d.data.splits import carve_validation
 from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig, Trainer
 from pretext3d.eval.features import calibrate_batchnorm, collate_clouds
 from pretext3d.eval.linear_svm import accuracy_scores
@@ -37,7 +36,9 @@ from pretext3d.eval.metrics import part_segmentation_miou
 from pretext3d.eval.protocols import config_record
 from pretext3d.geometry.transforms import random_scale, random_translate
 from pretext3d.models import build_backbone
+from pretext3d.models.checkpoint import ExportsBackbone
 from pretext3d.models.layers import PointwiseBlock
+from pretext3d.runs import backbone_file, load_backbone
 from pretext3d.utils.device import rank_and_world, resolve_device
 from pretext3d.utils.io import atomic_path, atomic_write_json
 
@@ -81,7 +82,7 @@ def _inputs(backbone: nn.Module, batch: dict, points: Tensor) -> tuple[Tensor, .
     return (points,)
 
 
-class _FineTuned(nn.Module):
+class _FineTuned(ExportsBackbone, nn.Module):
     """What the Trainer needs of a method (``backbone``, its name and config) and a frozen
     mode: the backbone's weights get no gradient and its BatchNorm statistics stay as loaded."""
 
@@ -308,7 +309,7 @@ def finetune_schedule(cfg: Any, items: int) -> TrainConfig:
 def _open_task_splits(cfg: FinetuneConfig) -> tuple[dict[str, Dataset], dict[int, list[int]] | None, int]:
     """(train / val / test datasets, category -> parts, number of outputs)."""
     if cfg.task == "partseg":
-        from pretext3d.data.segmentation import open_partseg
+        from pretext3d.data.shapenetpart import open_partseg
 
         splits = open_partseg(cfg.data, num_points=cfg.num_points, seed=cfg.seed, on_error="skip")
         return splits, {int(k): list(v) for k, v in splits["train"].category_parts.items()}, splits["train"].num_parts
@@ -331,7 +332,7 @@ def _labels_of(dataset: Dataset) -> np.ndarray:
 
 def _backbone(cfg: FinetuneConfig) -> tuple[nn.Module, str, dict[str, Any], str]:
     if cfg.checkpoint:
-        path = resolve_checkpoint(cfg.checkpoint)
+        path = backbone_file(cfg.checkpoint)
         loaded = load_backbone(path, expected=cfg.backbone)
         return loaded.model, loaded.backbone, dict(loaded.config), str(path)
     if not cfg.random_init or not cfg.backbone:

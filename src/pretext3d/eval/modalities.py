@@ -3,9 +3,11 @@ cloud, each rendered view, and the mesh.
 
 Two spaces are offered. ``encoder``: each modality's encoder output (the features a linear
 probe uses; for images the ResNet's pooled feature). ``shared``: those features passed through
-the method's head into the space its loss aligns across modalities (CrossPoint's projection
-heads, Pic@Point's global heads, MIMS's modality-invariant heads); only there is cross-modal
-comparison meaningful. Jing et al.'s CMCV has no shared space (a classifier F_f judges pairs).
+the method's heads into the space its loss aligns across modalities, as the method declares them
+(``PretextMethod.shared_heads``: CrossPoint's projection heads, Pic@Point's global heads, MIMS's
+modality-invariant heads); only there is cross-modal comparison meaningful. Jing et al.'s CMCV
+has no shared space (a classifier F_f judges pairs). A trained method is reached through
+``pretext3d.runs``.
 
 Image features are kept per view, (S, V, D), so that a protocol can pool any subset of views
 (``pool_views``). Embeddings are cached like point features (``eval.cache.FeatureCache``): the
@@ -28,14 +30,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from pretext3d.data.errors import DataFormatError
 from pretext3d.data.multimodal import MultimodalDataset
 from pretext3d.data.store import read_index, read_store_settings
-from pretext3d.engine.checkpoint import load_method, run_recipe, training_checkpoints
 from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
 from pretext3d.eval.features import Features, batchnorm_calibration, seeded_subset
+from pretext3d.models import image_encoder_module, mesh_inputs
+from pretext3d.runs import open_method
 from pretext3d.utils.progress import progress_bar
 
 __all__ = [
     "MODALITIES",
-    "SHARED_HEADS",
     "describe_encoders",
     "through_heads",
     "image_size_of",
@@ -44,7 +46,6 @@ __all__ = [
     "StoreEmbeddings",
     "method_encoders",
     "image_encoder_alone",
-    "load_run",
     "load_run_encoders",
     "embed_store",
     "view_subset",
@@ -56,14 +57,6 @@ __all__ = [
 
 MODALITIES = ("points", "image", "mesh")
 _DATASET_MODALITY = {"points": "points", "image": "images", "mesh": "mesh"}
-
-# method class -> modality -> the head (attribute path) into the space its loss aligns
-SHARED_HEADS: dict[str, dict[str, str]] = {
-    "CrossPoint": {"points": "point_head", "image": "image_head"},
-    "PicAtPoint": {"points": "point_global", "image": "image_global"},
-    "MIMS": {"points": "invariant_heads.points", "image": "invariant_heads.image", "mesh": "invariant_heads.mesh"},
-}
-
 
 @dataclass
 class StoreProtocolConfig:
@@ -100,6 +93,7 @@ class ModalityEncoders:
     method: str
     weights_id: dict[str, Any]
     source: str
+    head_names: dict[str, str] = field(default_factory=dict)  # modality -> the head's attribute path in the method
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -111,40 +105,28 @@ class ModalityEncoders:
         return self
 
 
-def _attribute(module: nn.Module, path: str) -> nn.Module | None:
-    for name in path.split("."):
-        module = module[name] if isinstance(module, nn.ModuleDict) and name in module else getattr(module, name, None)
-        if module is None:
-            return None
-    return module
-
-
 def method_encoders(method: nn.Module, space: str = "encoder", weights_id: dict[str, Any] | None = None,
                     source: str = "") -> ModalityEncoders:
-    """The modality encoders of a pretext method (CrossPoint, Pic@Point, CMCV, MIMS, ParAE,
-    a composed recipe) and, for space="shared", its heads into the shared space."""
+    """The modality encoders of a pretext method (what it declares: ``modality_encoders``) and,
+    for space="shared", its heads into the shared space (``shared_space``)."""
     if space not in ("encoder", "shared"):
         raise ValueError(f"space must be 'encoder' or 'shared', got {space!r}")
     kind = type(method).__name__
-    if hasattr(method, "encoders") and isinstance(method.encoders, nn.ModuleDict):  # MIMS
-        modules = dict(method.encoders.items())
-    else:
-        modules = {m: _attribute(method, name) for m, name in (("points", "backbone"), ("image", "image_encoder"))}
-        modules = {m: module for m, module in modules.items() if module is not None}
+    modules = method.modality_encoders()
     heads: dict[str, nn.Module] = {}
+    head_names: dict[str, str] = {}
     if space == "shared":
-        if kind not in SHARED_HEADS:
-            raise ValueError(f"{kind} has no space shared by its modalities (methods with one: "
-                             f"{', '.join(SHARED_HEADS)}); use the encoder space")
-        heads = {m: _attribute(method, path) for m, path in SHARED_HEADS[kind].items() if m in modules}
-    return ModalityEncoders(modules, heads, space, kind, weights_id or {}, source)
+        head_names = {m: path for m, path in method.shared_heads().items() if m in modules}
+        if not head_names:
+            raise ValueError(f"{kind} has no space shared by its modalities (methods with one declare shared_heads, "
+                             f"e.g. CrossPoint, PicAtPoint, MIMS); use the encoder space")
+        heads = {m: h for m, h in method.shared_space().items() if m in head_names}
+    return ModalityEncoders(modules, heads, space, kind, weights_id or {}, source, head_names)
 
 
 def image_encoder_alone(name: str = "resnet18", weights: str | None = None, seed: int = 0) -> ModalityEncoders:
     """A ResNet by name: torchvision ``weights`` read from disk, or a seeded random init (whose
     BatchNorm statistics must then be calibrated: ``calibrate_encoders``)."""
-    from pretext3d.pretext.crosspoint import image_encoder_module
-
     torch.manual_seed(seed)
     encoder = image_encoder_module(name, weights)
     weights_id = {"image_weights": file_digest(weights)} if weights else {"random_init": name, "init_seed": seed}
@@ -152,32 +134,12 @@ def image_encoder_alone(name: str = "resnet18", weights: str | None = None, seed
     return ModalityEncoders({"image": encoder}, {}, "encoder", name, weights_id, source)
 
 
-def load_run(run: str | Path | None, random_init: bool = False, seed: int = 0) -> tuple[nn.Module, dict[str, Any], dict[str, Any], str]:
-    """A ``pretext3d pretrain`` run folder's method (newest checkpoint, eval mode), its recipe,
-    the weights' identity for cache keys and a description. random_init: the same method with
-    seeded random weights instead (the floor of the run; calibrate its BatchNorm statistics
-    with ``calibrate_encoders`` before use)."""
-    from pretext3d.config import build_method
-
-    if run is None:
-        raise ValueError("this protocol needs a `pretext3d pretrain` run folder (with random_init: its architecture)")
-    run = Path(run)
-    recipe = run_recipe(run)
-    if random_init:
-        torch.manual_seed(seed)
-        method = build_method(recipe).eval()
-        return method, recipe, {"random_like": recipe, "init_seed": seed}, f"{recipe['method']} of {run}, random init (seed {seed})"
-    method = load_method(run, recipe=recipe)
-    newest = training_checkpoints(run)[-1]
-    return method, recipe, {"run_weights": file_digest(newest / "model.safetensors")}, f"{recipe['method']} run {run} ({newest.name})"
-
-
 def load_run_encoders(run: str | Path, space: str = "encoder", random_init: bool = False,
                       seed: int = 0) -> tuple[ModalityEncoders, dict[str, Any]]:
     """The encoders of a ``pretext3d pretrain`` run folder (its newest checkpoint, or seeded
     random weights) and its recipe."""
-    method, recipe, weights_id, source = load_run(run, random_init, seed)
-    return method_encoders(method, space, weights_id, source), recipe
+    opened = open_method(run, random_init, seed)
+    return method_encoders(opened.method, space, opened.weights_id, opened.source), opened.recipe
 
 
 # --- views ------------------------------------------------------------------------------------
@@ -252,8 +214,6 @@ def _encode_batch(encoders: ModalityEncoders, modality: str, batch: dict[str, Te
         normals = batch["normals"].to(device) if getattr(module, "in_channels", 3) == 6 else None
         out = module(points, normals, need_local=False).global_
     elif modality == "mesh":
-        from pretext3d.pretext.mims import mesh_inputs
-
         faces, neighbours = mesh_inputs({k: v.to(device) for k, v in batch.items() if k.startswith("mesh_")})
         out = module(faces, neighbours, need_local=False).global_
     else:
@@ -410,7 +370,7 @@ def describe_encoders(encoders: ModalityEncoders, modalities: Sequence[str]) -> 
         module = encoders.modules[m]
         text = type(module).__name__
         if m in encoders.heads:
-            text += f" -> {type(encoders.heads[m]).__name__} (the method's {SHARED_HEADS[encoders.method][m]})"
+            text += f" -> {type(encoders.heads[m]).__name__} (the method's {encoders.head_names[m]})"
         out[m] = text
     return out
 

@@ -29,10 +29,11 @@ from torch import nn
 
 from pretext3d.data.store import read_store_settings
 from pretext3d.eval.modalities import (
-    SHARED_HEADS, StoreEmbeddings, StoreProtocolConfig, calibrate_encoders, calibration_note, embed_store, image_size_of,
-    load_run, method_encoders, through_heads,
+    StoreEmbeddings, StoreProtocolConfig, calibrate_encoders, calibration_note, embed_store, image_size_of,
+    method_encoders, through_heads,
 )
 from pretext3d.eval.protocols import config_record
+from pretext3d.runs import open_method
 from pretext3d.utils.device import resolve_device
 
 __all__ = ["PretextConfig", "Pairs", "balanced_pairs", "best_threshold", "pair_distances", "run_pretext", "find_pair_classifier"]
@@ -110,11 +111,9 @@ def _distance_summary(train: np.ndarray, train_same: np.ndarray, test: np.ndarra
 
 
 def find_pair_classifier(method: nn.Module) -> nn.Module | None:
-    """CMCV's F_f (``fusion``), in the method itself or in a composed recipe's cmcv task."""
-    if isinstance(getattr(method, "fusion", None), nn.Module):
-        return method.fusion
-    tasks = getattr(method, "tasks", None)
-    return find_pair_classifier(tasks["cmcv"]) if isinstance(tasks, nn.ModuleDict) and "cmcv" in tasks else None
+    """The method's pair classifier, as it declares it (CMCV's F_f, itself or as a composed
+    recipe's task)."""
+    return method.pair_classifier()
 
 
 @torch.no_grad()
@@ -133,7 +132,8 @@ def _pairs_for(embedded: StoreEmbeddings, views: int, factor: int, seed: int, sp
 
 def run_pretext(cfg: PretextConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The pretext metrics of a run on the test split of a store; the report."""
-    method, recipe, weights_id, source = load_run(cfg.checkpoint, cfg.random_init, cfg.seed)
+    opened = open_method(cfg.checkpoint, cfg.random_init, cfg.seed)
+    method, recipe, weights_id, source = opened.method, opened.recipe, opened.weights_id, opened.source
     settings, _ = read_store_settings(Path(cfg.data))
     device = resolve_device(cfg.device)
     image_size = image_size_of(recipe, cfg.data, cfg.image_size)
@@ -141,7 +141,7 @@ def run_pretext(cfg: PretextConfig, log: Callable[[str], None] = print) -> dict[
     if "image" not in encoder_space.modules:
         raise ValueError(f"{cfg.checkpoint}: the pretext metrics pair rendered views; this {recipe['method']} run has no image encoder")
     spaces = {"encoder": encoder_space}
-    if type(method).__name__ in SHARED_HEADS:
+    if method.shared_heads():
         spaces["shared"] = method_encoders(method, "shared", weights_id, source)
     fusion = find_pair_classifier(method)
     wanted = ("points", "image") if "points" in encoder_space.modules else ("image",)

@@ -13,15 +13,15 @@ import numpy as np
 import torch
 
 from pretext3d.data.readers import MESH_FORMATS, detect_format, open_splits
-from pretext3d.engine.checkpoint import CheckpointError, load_backbone, resolve_checkpoint
 from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
 from pretext3d.eval.features import Features, calibrate_batchnorm, extract_features
 from pretext3d.eval.linear_svm import DEFAULT_C_GRID, fit_linear_svm
 from pretext3d.models import build_backbone
+from pretext3d.runs import CheckpointError, backbone_file, load_backbone
 from pretext3d.utils.device import resolve_device
 
 __all__ = ["FeatureConfig", "LinearSVMConfig", "SplitFeatures", "run_linear_svm", "iter_split_features",
-           "prepare_feature_config", "feature_report", "backbone_config", "resolve_checkpoint", "BN_CALIBRATION_NOTE"]
+           "prepare_feature_config", "feature_report", "backbone_config", "BN_CALIBRATION_NOTE"]
 
 BN_CALIBRATION_NOTE = (
     "random init: BatchNorm running statistics reset and set to the cumulative average of the "
@@ -114,7 +114,7 @@ def prepare_feature_config(cfg: FeatureConfig) -> FeatureConfig:
     if cfg.random_init == bool(cfg.checkpoint):
         raise ValueError("give exactly one of random_init=True or a checkpoint")
     if cfg.checkpoint:
-        cfg = replace(cfg, checkpoint=str(resolve_checkpoint(cfg.checkpoint)))
+        cfg = replace(cfg, checkpoint=str(backbone_file(cfg.checkpoint)))
         if not Path(cfg.checkpoint).is_file():
             raise CheckpointError(f"{cfg.checkpoint}: does not exist")
     elif cfg.backbone is None:

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from pretext3d.data.segmentation import RoomArrays, SemSegBlocks, SemSegRooms, carve_validation, open_semseg, room_blocks
-from pretext3d.engine.checkpoint import load_backbone, resolve_checkpoint
+from pretext3d.data.s3dis import RoomArrays, SemSegBlocks, SemSegRooms, open_semseg, room_blocks
+from pretext3d.data.splits import carve_validation
 from pretext3d.engine.trainer import Trainer
 from pretext3d.eval.features import calibrate_batchnorm
 from pretext3d.eval.finetune import (
@@ -49,6 +49,7 @@ from pretext3d.eval.metrics import confusion_matrix, scores_from_confusion
 from pretext3d.eval.protocols import config_record
 from pretext3d.models import BACKBONES
 from pretext3d.models.layers import PointFeatures
+from pretext3d.runs import backbone_file, load_backbone
 from pretext3d.utils.device import resolve_device
 from pretext3d.utils.progress import progress_bar
 
@@ -321,7 +322,7 @@ def _resolve_inputs(cfg: SemsegConfig) -> tuple[str, int, str, dict[str, Any]]:
     if cfg.features is not None and cfg.features not in FEATURES:
         raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {cfg.features!r}")
     if cfg.checkpoint:
-        path = resolve_checkpoint(cfg.checkpoint)
+        path = backbone_file(cfg.checkpoint)
         loaded = load_backbone(path, expected=cfg.backbone)
         channels = int(getattr(loaded.model, "in_channels", 3))
         takes = _feature_name(channels, f"{path}: the {loaded.backbone} backbone")
@@ -494,7 +495,7 @@ def run_semseg(cfg: SemsegConfig, log: Callable[[str], None] = print) -> dict[st
         "room_names": names,
         "backbone": backbone_name,
         "backbone_config": backbone_config,
-        "weights": str(resolve_checkpoint(cfg.checkpoint)) if cfg.checkpoint else "random-init",
+        "weights": str(backbone_file(cfg.checkpoint)) if cfg.checkpoint else "random-init",
         "features": features,
         "in_channels": channels,
         "input_channels": FEATURE_CHANNELS[:channels],

@@ -1,52 +1,31 @@
-"""Point backbones, image encoders (native ResNets), heads and the reference-weight importer.
-Point backbones are found by name."""
+"""The ground floor of networks: point backbones (found by name, ``registry``), image encoders
+(native ResNets, ``encoders``), MeshNet, heads, the reference-weight importer and the backbone
+file format (``checkpoint``). Nothing here knows data sets, methods, training or evaluation."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-from torch import nn
-
 from pretext3d.models.dgcnn import DGCNN, DGCNNSeg
+from pretext3d.models.checkpoint import CheckpointError, LoadedBackbone, checkpoint_architecture, load_backbone, save_backbone
 from pretext3d.models.edgeconv import EdgeConv
+from pretext3d.models.encoders import IMAGE_ENCODERS, image_encoder_module, load_image_weights, mesh_inputs
 from pretext3d.models.layers import EncoderWithHead, PointFeatures, ProjectionHead
 from pretext3d.models.meshnet import MeshNet, MeshNetClassifier
 from pretext3d.models.pointnet import PointNet, PointNetPointwise
 from pretext3d.models.pointnext import PointNeXt, PointNeXtSeg
 from pretext3d.models.reference import REFERENCES, detect_reference, load_reference, read_state_dict
+from pretext3d.models.registry import BACKBONES, backbone_label, backbone_module, build_backbone
 from pretext3d.models.resnet import ImageFeatures, ResNet, load_torchvision_weights, resnet18, resnet50
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "pointnet": PointNet,
-    "dgcnn": DGCNN,
-    "pointnet-pointwise": PointNetPointwise,
-    "dgcnn-seg": DGCNNSeg,
-    "meshnet": MeshNet,
-    "pointnext": PointNeXt,
-    "pointnext-seg": PointNeXtSeg,
-}
-
-
-def build_backbone(name: str, **config: Any) -> nn.Module:
-    """Instantiate a backbone by name (see ``BACKBONES``) with keyword configuration."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name](**config)
-
-
-def backbone_module(backbone: str | nn.Module, config: dict[str, Any] | None = None) -> nn.Module:
-    """The module itself when given one (an encoder shared with other methods in a composed
-    recipe), else ``build_backbone(backbone, **config)``."""
-    return backbone if isinstance(backbone, nn.Module) else build_backbone(backbone, **(config or {}))
-
-
-def backbone_label(backbone: str | nn.Module) -> str:
-    """A backbone's registry name, or its class name for a module passed in (a shared encoder:
-    the composed method, not the task, exports it)."""
-    return backbone if isinstance(backbone, str) else type(backbone).__name__
-
-
 __all__ = [
+    "CheckpointError",
+    "LoadedBackbone",
+    "checkpoint_architecture",
+    "load_backbone",
+    "save_backbone",
+    "IMAGE_ENCODERS",
+    "image_encoder_module",
+    "load_image_weights",
+    "mesh_inputs",
     "backbone_label",
     "backbone_module",
     "ImageFeatures",

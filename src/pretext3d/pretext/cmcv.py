@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d.losses import triplet_loss
-from pretext3d.models import backbone_label, backbone_module
-from pretext3d.pretext.crosspoint import image_encoder_module
+from pretext3d.models import backbone_label, backbone_module, image_encoder_module
+from pretext3d.pretext.base import DataNeeds, PretextMethod, register_method
 
 __all__ = ["CMCV", "JING_DGCNN", "cross_modal_loss"]
 
@@ -52,7 +52,8 @@ def cross_modal_loss(logits: Tensor, same: Tensor) -> tuple[Tensor, Tensor]:
     return loss, accuracy
 
 
-class CMCV(nn.Module):
+@register_method
+class CMCV(PretextMethod):
     """batch["points"] (B, N, 3), batch["images"] (B, 2, C, S, S) (two views of each object)
     -> {"loss", "cross_view", "cross_modal", "pair_accuracy", "d_positive", "d_negative"}.
 
@@ -61,6 +62,9 @@ class CMCV(nn.Module):
     margin: alpha; cm_weight: beta; fusion_hidden: F_f's hidden width. backbone and image_encoder
     may also be modules (encoders shared in a composed recipe).
     """
+
+    name = "cmcv"
+    needs = DataNeeds(images=True, views=2)
 
     def __init__(self, backbone: str | nn.Module = "dgcnn", backbone_config: dict[str, Any] | None = None,
                  image_encoder: str | nn.Module = "resnet18", image_weights: str | None = None, margin: float = 0.2,
@@ -73,6 +77,10 @@ class CMCV(nn.Module):
         self.fusion = nn.Sequential(nn.Linear(self.image_encoder.feature_dim + self.backbone.global_dim, fusion_hidden),
                                     nn.ReLU(), nn.Linear(fusion_hidden, 2))
         self.margin, self.cm_weight, self.normalize_triplet = margin, cm_weight, normalize_triplet
+
+    def pair_classifier(self) -> nn.Module:
+        """F_f: [image feature; cloud feature] -> 2 logits (1: the same object)."""
+        return self.fusion
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if "points" not in batch or "images" not in batch or batch["images"].dim() != 5 or batch["images"].shape[1] < 2:

@@ -28,36 +28,48 @@ ParAE's point-wise logits come from the shared backbone, so it must be point-wis
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-from pretext3d.config import data_needs
-from pretext3d.models import backbone_module
-from pretext3d.pretext.crosspoint import image_encoder_module
+from pretext3d.models import backbone_module, image_encoder_module
+from pretext3d.pretext.base import METHODS, DataNeeds, MethodSettingsError, PretextMethod, register_method
 
 __all__ = ["Composed", "task_classes"]
 
 SHARED_KEYS = ("backbone", "backbone_config", "image_encoder", "image_weights")
 
 
-def task_classes() -> dict[str, type[nn.Module]]:
-    from pretext3d.pretext.cmcv import CMCV
-    from pretext3d.pretext.crosspoint import CrossPoint
-    from pretext3d.pretext.mims import MIMS
-    from pretext3d.pretext.parae import ParAE
-    from pretext3d.pretext.picpoint import PicAtPoint
-
-    return {"crosspoint": CrossPoint, "parae": ParAE, "picpoint": PicAtPoint, "cmcv": CMCV, "mims": MIMS}
+def task_classes() -> dict[str, type[PretextMethod]]:
+    """Every registered method that can be a task (all but compositions)."""
+    return {name: cls for name, cls in METHODS.items() if not issubclass(cls, Composed)}
 
 
-class Composed(nn.Module):
+@register_method
+class Composed(PretextMethod):
     """A batch with what every task needs -> {"loss", "<task>.<part>", ...}.
 
     tasks: {method name: {"weight": w} or {"parts": {part: w}}, plus the method's kwargs};
     backbone / backbone_config / image_encoder / image_weights: the shared encoders;
     image_lr_scale: the image encoder's learning rate relative to the rest.
     """
+
+    name = "compose"
+
+    @classmethod
+    def data_needs(cls, settings: Mapping[str, Any]) -> DataNeeds:
+        """The union of its tasks' needs."""
+        tasks = settings.get("tasks") or {}
+        if not isinstance(tasks, dict) or not tasks:
+            raise MethodSettingsError("method compose needs model.tasks: {method name: settings, ...}")
+        classes = task_classes()
+        needs = [classes[name].data_needs(dict(spec or {})) for name, spec in tasks.items() if name in classes]
+        if not needs:
+            raise MethodSettingsError(f"unknown task(s) {', '.join(tasks)}; known: {', '.join(classes)}")
+        union = needs[0]
+        for other in needs[1:]:
+            union = union.union(other)
+        return union
 
     def __init__(self, tasks: dict[str, dict[str, Any]], backbone: str = "dgcnn",
                  backbone_config: dict[str, Any] | None = None, image_encoder: str = "resnet18",
@@ -71,7 +83,7 @@ class Composed(nn.Module):
             raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(classes)}")
         self.backbone_name, self.backbone_config = backbone, dict(backbone_config or {})
         self.backbone = backbone_module(backbone, self.backbone_config)
-        uses_images = data_needs("compose", {"tasks": tasks})["images"]
+        uses_images = self.data_needs({"tasks": tasks}).images
         self.image_encoder = image_encoder_module(image_encoder, image_weights) if uses_images else None
         self.image_lr_scale = image_lr_scale
         self.tasks = nn.ModuleDict()
@@ -83,12 +95,19 @@ class Composed(nn.Module):
             if clash:
                 raise ValueError(f"task {name}: {', '.join(clash)} are shared: set them next to tasks, not in a task")
             shared: dict[str, Any] = {"backbone": self.backbone}
-            if data_needs(name, settings)["images"]:
+            if classes[name].data_needs(settings).images:
                 shared["image_encoder"] = self.image_encoder
             try:
                 self.tasks[name] = classes[name](**settings, **shared)
             except TypeError as err:
                 raise ValueError(f"task {name}: {err}") from None
+
+    def task_methods(self) -> dict[str, PretextMethod]:
+        return dict(self.tasks.items())
+
+    def pair_classifier(self) -> nn.Module | None:
+        """The pair classifier of the first task that has one."""
+        return next((c for c in (t.pair_classifier() for t in self.tasks.values()) if c is not None), None)
 
     def param_groups(self) -> list[dict]:
         """The image encoder at ``image_lr_scale`` of the rate; everything else at the rate."""

@@ -22,16 +22,17 @@ import torch
 from torch import Tensor, nn
 
 from pretext3d.losses import nt_xent
-from pretext3d.models import ProjectionHead, backbone_label, backbone_module, load_torchvision_weights, read_state_dict, resnet18, resnet50
+from pretext3d.models import ProjectionHead, backbone_label, backbone_module, image_encoder_module
+from pretext3d.pretext.base import DataNeeds, PretextMethod, register_method
 
-__all__ = ["CrossPoint", "IMAGE_ENCODERS", "image_encoder_module", "load_image_weights"]
+__all__ = ["CrossPoint"]
 
-IMAGE_ENCODERS = {"resnet18": resnet18, "resnet50": resnet50}
 # their decoders would hold parameters without gradients (DDP needs every parameter used)
 POINTWISE_BACKBONES = ("pointnet-pointwise", "dgcnn-seg")
 
 
-class CrossPoint(nn.Module):
+@register_method
+class CrossPoint(PretextMethod):
     """batch["point_views"]: (B, 2, N, 3), batch["images"]: (B, k, C, S, S) (the first view is
     used; grey images are repeated to 3 channels) -> {"loss", "imid", "cmid"}.
 
@@ -41,6 +42,9 @@ class CrossPoint(nn.Module):
     gather_distributed: under torchrun, negatives span the global batch. backbone and
     image_encoder may also be modules (encoders shared in a composed recipe).
     """
+
+    name = "crosspoint"
+    needs = DataNeeds(images=True, point_views=2, views=1)
 
     def __init__(self, backbone: str | nn.Module = "dgcnn", backbone_config: dict[str, Any] | None = None,
                  image_encoder: str | nn.Module = "resnet50", projection_dim: int = 256, hidden_dim: int = 512,
@@ -56,6 +60,9 @@ class CrossPoint(nn.Module):
         self.image_head = ProjectionHead(self.image_encoder.feature_dim, hidden_dim, projection_dim)
         self.temperature = temperature
         self.gather_distributed = gather_distributed
+
+    def shared_heads(self) -> dict[str, str]:
+        return {"points": "point_head", "image": "image_head"}
 
     def point_projections(self, point_views: Tensor) -> Tensor:
         """point_views: (B, 2, N, 3) -> (2B, P): rows 0..B-1 the first views, B..2B-1 the second."""
@@ -84,24 +91,3 @@ class CrossPoint(nn.Module):
         if "point_views" not in batch or "images" not in batch:
             raise ValueError("CrossPoint needs batches with point_views and images (a prepared store, point_views=2)")
         return self.losses(self.point_projections(batch["point_views"]), self.image_projections(batch["images"]))
-
-
-def image_encoder_module(image_encoder: str | nn.Module, weights: str | None = None, frozen: bool = False) -> nn.Module:
-    """A ResNet by name (IMAGE_ENCODERS), started from torchvision ``weights`` when given, or
-    the module itself when given one (shared with other methods)."""
-    if isinstance(image_encoder, nn.Module):
-        return image_encoder
-    if image_encoder not in IMAGE_ENCODERS:
-        raise ValueError(f"unknown image_encoder {image_encoder!r}; known: {', '.join(IMAGE_ENCODERS)}")
-    encoder = IMAGE_ENCODERS[image_encoder](frozen=frozen)
-    if weights:
-        load_image_weights(encoder, weights)
-    return encoder
-
-
-def load_image_weights(encoder: nn.Module, path: str) -> None:
-    try:
-        state = read_state_dict(path)
-        load_torchvision_weights(encoder, state, classifier="drop")
-    except Exception as err:  # torch.load/safetensors raise many types (UnpicklingError, SafetensorError, ...)
-        raise ValueError(f"{path}: not usable torchvision ResNet weights ({err})") from None

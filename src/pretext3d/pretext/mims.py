@@ -33,30 +33,19 @@ the evaluation feature of several modalities (their encoders' global features, c
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretext3d.losses import nt_xent
-from pretext3d.models import ProjectionHead, backbone_label, backbone_module, build_backbone
-from pretext3d.pretext.crosspoint import image_encoder_module
+from pretext3d.models import ProjectionHead, backbone_label, backbone_module, build_backbone, image_encoder_module, mesh_inputs
+from pretext3d.pretext.base import DataNeeds, PretextMethod, register_method
 
 __all__ = ["MIMS", "MODALITIES", "batch_normalized", "mesh_inputs", "orthogonality", "jitter_mesh_centres"]
 
 MODALITIES = ("image", "points", "mesh")
-
-
-def mesh_inputs(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """MeshNet's inputs from a MultimodalDataset batch: mesh_centers (B, 3, F), mesh_corners
-    (B, 9, F), mesh_normals (B, 3, F), mesh_neighbors (B, F, 3) -> faces (B, F, 15) = centre |
-    corners - centre | normal, neighbours (B, F, 3)."""
-    for key in ("mesh_centers", "mesh_corners", "mesh_normals", "mesh_neighbors"):
-        if key not in batch:
-            raise ValueError(f"mesh features need {key!r} in the batch (a prepared store with meshes)")
-    faces = torch.cat([batch["mesh_centers"], batch["mesh_corners"], batch["mesh_normals"]], dim=1).transpose(1, 2)
-    return faces.contiguous(), batch["mesh_neighbors"]
 
 
 def jitter_mesh_centres(faces: Tensor, sigma: float = 0.01, clip: float = 0.05) -> Tensor:
@@ -79,7 +68,8 @@ def orthogonality(a: Tensor, b: Tensor) -> Tensor:
     return (batch_normalized(a).transpose(0, 1) @ batch_normalized(b)).square().sum()
 
 
-class MIMS(nn.Module):
+@register_method
+class MIMS(PretextMethod):
     """A batch of a prepared store -> {"loss", "invariant", "specific", "orthogonal"}.
 
     Needs, per chosen modality: points, point_views (B, 2, N, 3); image, images (B, 2, C, S, S);
@@ -91,6 +81,15 @@ class MIMS(nn.Module):
     hidden_dim: the heads; alpha, beta, ortho_weight (lambda): the loss weights. backbone and
     image_encoder may also be modules (encoders shared in a composed recipe).
     """
+
+    name = "mims"
+
+    @classmethod
+    def data_needs(cls, settings: Mapping[str, Any]) -> DataNeeds:
+        """Two augmentations of every chosen modality (images: two views)."""
+        modalities = settings.get("modalities") or MODALITIES
+        return DataNeeds(images="image" in modalities, point_views=2 if "points" in modalities else 1,
+                         views=2 if "image" in modalities else 1, mesh="mesh" in modalities)
 
     def __init__(self, modalities: Sequence[str] = MODALITIES, backbone: str | nn.Module = "dgcnn",
                  backbone_config: dict[str, Any] | None = None, image_encoder: str | nn.Module = "resnet18",
@@ -128,6 +127,13 @@ class MIMS(nn.Module):
     @property
     def backbone(self) -> nn.Module:
         return self.encoders[self.exported]
+
+    def modality_encoders(self) -> dict[str, nn.Module]:
+        return dict(self.encoders.items())
+
+    def shared_heads(self) -> dict[str, str]:
+        """The modality-invariant heads."""
+        return {m: f"invariant_heads.{m}" for m in self.modalities}
 
     def encode(self, modality: str, batch: dict[str, Tensor], augmentations: Sequence[int] = (0,)) -> Tensor:
         """The encoder's global features of the given augmentations (0, 1) of one modality,

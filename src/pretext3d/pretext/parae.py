@@ -15,17 +15,22 @@ from torch import Tensor, nn
 
 from pretext3d.losses import GMMNLLLoss
 from pretext3d.models import backbone_label, backbone_module
+from pretext3d.pretext.base import DataNeeds, PretextMethod, register_method
 
 __all__ = ["ParAE"]
 
 
-class ParAE(nn.Module):
+@register_method
+class ParAE(PretextMethod):
     """batch["points"]: (B, N, 3) -> {"loss", "nll"}.
 
     backbone: a point-wise registry name ("pointnet-pointwise", ...) or module (shared in a
     composed recipe; its point-wise outputs must number J); partitions: J;
     ridge: added to every covariance (stability of thin or empty partitions).
     """
+
+    name = "parae"
+    needs = DataNeeds()
 
     def __init__(self, backbone: str | nn.Module = "pointnet-pointwise", partitions: int = 32, ridge: float = 1e-4,
                  backbone_config: dict[str, Any] | None = None):

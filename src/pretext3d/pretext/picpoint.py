@@ -40,83 +40,18 @@ What the paper leaves open, and what is done here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from pretext3d.geometry.projection import RegionAssignment, project_to_pixels, project_to_regions, visible_points
 from pretext3d.losses import info_nce, info_nce_with_targets
-from pretext3d.models import ProjectionHead, backbone_label, backbone_module
+from pretext3d.models import ProjectionHead, backbone_label, backbone_module, image_encoder_module
 from pretext3d.models.layers import PointwiseBlock
-from pretext3d.pretext.crosspoint import image_encoder_module
+from pretext3d.pretext.base import DataNeeds, PretextMethod, register_method
 
 __all__ = ["PicAtPoint", "RegionAssignment", "project_to_pixels", "project_to_regions", "visible_points"]
-
-
-@dataclass
-class RegionAssignment:
-    """region: (B, M) int64 in [0, G^2) (row * G + column; 0 where not usable);
-    inside: (B, M) in front of the camera and within the image; visible: (B, M) not hidden by
-    the cloud; usable = inside & visible."""
-
-    region: Tensor
-    inside: Tensor
-    visible: Tensor
-
-    @property
-    def usable(self) -> Tensor:
-        return self.inside & self.visible
-
-
-def project_to_pixels(points: Tensor, view: Tensor, proj: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """points (B, M, 3), view/proj (B, 4, 4) -> uv (B, M, 2) as (column, row) in pixels and depth
-    (B, M) in front of the camera (-z in camera space)."""
-    homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], -1)
-    camera = homogeneous @ view.transpose(1, 2)
-    clip = camera @ proj.transpose(1, 2)
-    w = clip[..., 3:4]
-    ndc = clip[..., :2] / torch.where(w.abs() < 1e-12, torch.full_like(w, 1e-12), w)
-    uv = torch.stack([(ndc[..., 0] + 1) / 2 * width, (1 - ndc[..., 1]) / 2 * height], -1)
-    return uv, -camera[..., 2]
-
-
-def visible_points(uv: Tensor, depth: Tensor, cloud_uv: Tensor, cloud_depth: Tensor, height: int, width: int,
-                   cells: int = 28, tolerance: float = 0.1) -> Tensor:
-    """Whether each query (uv (B, M, 2), depth (B, M)) is not behind the cloud (cloud_uv
-    (B, N, 2), cloud_depth (B, N)): depth <= min cloud depth in its screen cell + tolerance."""
-    def cell_of(coords: Tensor) -> Tensor:
-        col = (coords[..., 0] / width * cells).floor().clamp(0, cells - 1)
-        row = (coords[..., 1] / height * cells).floor().clamp(0, cells - 1)
-        return (row * cells + col).long()
-
-    n_batch = uv.shape[0]
-    on_screen = (cloud_depth > 0) & (cloud_uv[..., 0] >= 0) & (cloud_uv[..., 0] < width) & (cloud_uv[..., 1] >= 0) \
-        & (cloud_uv[..., 1] < height)
-    nearest = torch.full((n_batch, cells * cells), float("inf"), dtype=depth.dtype, device=depth.device)
-    nearest.scatter_reduce_(1, cell_of(cloud_uv), torch.where(on_screen, cloud_depth, torch.inf), reduce="amin")
-    return depth <= nearest.gather(1, cell_of(uv)) + tolerance
-
-
-@torch.no_grad()
-def project_to_regions(centres: Tensor, view: Tensor, proj: Tensor, image_size: tuple[int, int], grid: int = 7,
-                       cloud: Tensor | None = None, occlusion_cells: int = 28,
-                       occlusion_tolerance: float = 0.1) -> RegionAssignment:
-    """Regions of local centres (B, M, 3) on the G x G map of the view (view, proj (B, 4, 4))
-    of an image of image_size (H, W). cloud: (B, N, 3) points for the visibility test (default
-    the centres themselves)."""
-    height, width = image_size
-    uv, depth = project_to_pixels(centres.float(), view.float(), proj.float(), height, width)
-    inside = (depth > 0) & (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) & (uv[..., 1] < height)
-    if cloud is None:
-        cloud_uv, cloud_depth = uv, depth
-    else:
-        cloud_uv, cloud_depth = project_to_pixels(cloud.float(), view.float(), proj.float(), height, width)
-    visible = visible_points(uv, depth, cloud_uv, cloud_depth, height, width, occlusion_cells, occlusion_tolerance)
-    col = (uv[..., 0] * grid / width).floor().clamp(0, grid - 1).long()
-    row = (uv[..., 1] * grid / height).floor().clamp(0, grid - 1).long()
-    region = torch.where(inside, row * grid + col, 0)
-    return RegionAssignment(region, inside, visible)
 
 
 def pick_usable(usable: Tensor, count: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -130,11 +65,15 @@ def pick_usable(usable: Tensor, count: int, generator: torch.Generator | None = 
     return clouds[keep], top.indices[keep]
 
 
-class PicAtPoint(nn.Module):
+@register_method
+class PicAtPoint(PretextMethod):
     """batch["points"] (B, N, 3) (+ "normals" with use_normals), batch["images"] (B, k, C, S, S),
     batch["view"], batch["proj"] (B, k, 4, 4) (the first view is used) -> {"loss", "local",
     "global", "usable"} (usable: mean fraction of local centres that have a region).
     backbone and image_encoder may also be modules (encoders shared in a composed recipe)."""
+
+    name = "picpoint"
+    needs = DataNeeds(images=True)
 
     def __init__(self, backbone: str | nn.Module = "dgcnn", backbone_config: dict[str, Any] | None = None,
                  image_encoder: str | nn.Module = "resnet18", image_weights: str | None = None, embed_dim: int = 512,
@@ -159,11 +98,32 @@ class PicAtPoint(nn.Module):
         self.use_normals, self.gather_distributed = use_normals, gather_distributed
         self.occlusion = (occlusion_cells, occlusion_tolerance)
 
+    def shared_heads(self) -> dict[str, str]:
+        return {"points": "point_global", "image": "image_global"}
+
     def param_groups(self) -> list[dict]:
         """The image encoder trains at ``image_lr_scale`` of the rate (when not frozen)."""
         image = set(map(id, self.image_encoder.parameters()))
         return [{"params": [p for p in self.parameters() if id(p) not in image], "lr_scale": 1.0},
                 {"params": list(self.image_encoder.parameters()), "lr_scale": self.image_lr_scale}]
+
+    @torch.no_grad()
+    def local_queries(self, points: Tensor, view: Tensor, normals: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """points (B, N, 3), view (B, 4, 4), normals (B, N, 3) (used when trained with normals) ->
+        the local queries l_3D (B, M, d) of every local centre, and the centres (B, M, 3)."""
+        cloud = self.backbone(points, normals if self.use_normals else None)
+        hidden = self.point_local(cloud.local)  # (B, M, d)
+        pose = self.pose(view.flatten(1))[:, None].expand(-1, hidden.shape[1], -1)
+        return self.point_local_out(torch.cat([hidden, pose], -1)), cloud.centres
+
+    @torch.no_grad()
+    def region_keys(self, images: Tensor) -> tuple[Tensor, int]:
+        """images (B, C, S, S) (normalised; one channel is repeated) -> the region keys r_2D
+        (B, G^2, d) in region order row * G + column, and G."""
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        local = self.image_local(self.image_encoder(images).local)  # (B, d, G, G)
+        return local.flatten(2).transpose(1, 2), int(local.shape[-1])
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         for key in ("points", "images", "view", "proj"):

@@ -12,7 +12,6 @@ The page checks itself on load: ``<body data-images="loaded/total" data-errors="
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import time
@@ -22,6 +21,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from pretext3d.report.figures import embedded_image
+from pretext3d.runs import evaluation_files, read_run, recipe_tasks
 from pretext3d.utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["ReportConfig", "make_report", "find_evaluations"]
@@ -55,7 +56,7 @@ def find_evaluations(run: Path, extra: Sequence[str | Path] = ()) -> list[tuple[
     """Evaluation reports (JSON objects with a "protocol") in RUN/ and RUN/eval/, and ``extra``."""
     given = [Path(e) for e in extra]
     found = []
-    for path in [*sorted(run.glob("*.json")), *sorted((run / "eval").glob("*.json")), *given]:
+    for path in [*evaluation_files(run), *given]:
         report = _read_json(path)
         if report is not None and "protocol" in report:
             found.append((path, report))
@@ -220,11 +221,7 @@ def _parae_figure(split_features, cfg: ReportConfig, folder: Path, count: int = 
 
 
 def _is_parae(recipe: dict | None) -> bool:
-    if not recipe:
-        return False
-    if recipe.get("method") == "parae":
-        return True
-    return recipe.get("method") == "compose" and "parae" in (recipe.get("model", {}).get("tasks") or {})
+    return "parae" in recipe_tasks(recipe)
 
 
 # --- the page ---------------------------------------------------------------------------------
@@ -256,11 +253,6 @@ def _table(rows: Sequence[tuple[str, str]], header: tuple[str, str] | None = Non
     return f'<table class="{css}">{head}{body}</table>'
 
 
-def _image(folder: Path, name: str, alt: str) -> str:
-    data = base64.b64encode((folder / name).read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
 def _page(title: str, sections: list[tuple[str, str]]) -> str:
     body = "".join(f"<h2>{html.escape(name)}</h2>{content}" for name, content in sections)
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
@@ -271,20 +263,13 @@ def _page(title: str, sections: list[tuple[str, str]]) -> str:
 def make_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the page, its PNGs and report.json; returns what report.json holds."""
     run = Path(cfg.run)
-    if not (run / "backbone.safetensors").is_file():
+    record_of_run = read_run(run)
+    if not record_of_run.finished:
         raise ValueError(f"{run}: not a finished pretext3d pretrain run (no backbone.safetensors)")
     out = Path(cfg.out)
     folder = out.with_name(out.stem + "_files")
     folder.mkdir(parents=True, exist_ok=True)
-    config = _read_json(run / "config.json") or {}
-    recipe = _read_json(run / "recipe.json")
-    metrics_rows = []
-    if (run / "metrics.jsonl").exists():
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            try:
-                metrics_rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    config, recipe, metrics_rows = record_of_run.config, record_of_run.recipe, record_of_run.metrics
     evaluations = find_evaluations(run, cfg.evaluations)
     summary = config.get("summary", {})
     run_rows = [("run", str(run)), ("method", str((recipe or {}).get("method", "?"))),
@@ -305,7 +290,7 @@ def make_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[s
 
     curves = training_curves(metrics_rows, folder / "training_curves.png") if metrics_rows else None
     if curves:
-        sections.append(("Training curves", _image(folder, curves.name, "training curves")))
+        sections.append(("Training curves", embedded_image(folder, curves.name, "training curves")))
         record["figures"]["training_curves"] = curves.name
     data = _report_data(cfg, recipe)
     log(f"[report] embedding the test split of {data}")
@@ -314,12 +299,12 @@ def make_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[s
     classes = split_features.splits["test"].classes
     log(f"[report] t-SNE of {min(cfg.tsne_objects, len(test.features))} test objects")
     tsne = _tsne(test.features, test.labels, classes, cfg, folder, f"t-SNE of {config.get('backbone')} features, {data} test")
-    sections.append(("t-SNE of the test features", _image(folder, tsne["figure"], "t-SNE")
+    sections.append(("t-SNE of the test features", embedded_image(folder, tsne["figure"], "t-SNE")
                      + f'<p class="note">{tsne["objects"]} objects; {tsne["method"]}; colour = class.</p>'))
     record["figures"]["tsne"] = tsne
     log("[report] retrieval grid")
     grid = _retrieval_grid(split_features, cfg, folder)
-    sections.append(("Retrieval", _image(folder, grid["figure"], "retrieval grid")
+    sections.append(("Retrieval", embedded_image(folder, grid["figure"], "retrieval grid")
                      + f'<p class="note">Each row: a test query (blue) and its {cfg.top_k} nearest other test objects by '
                      "cosine distance of the global features; green = same class, red = other class.</p>"))
     record["figures"]["retrieval"] = grid
@@ -327,7 +312,7 @@ def make_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[s
         log("[report] ParAE Gaussians")
         gauss = _parae_figure(split_features, cfg, folder)
         if gauss:
-            sections.append(("ParAE partitions and Gaussians", _image(folder, gauss["figure"], "ParAE Gaussians")
+            sections.append(("ParAE partitions and Gaussians", embedded_image(folder, gauss["figure"], "ParAE Gaussians")
                              + f'<p class="note">Points coloured by their most likely partition; {gauss["shown"]}.</p>'))
             record["figures"]["parae"] = gauss
     from pretext3d.report.picpoint import SECTION_TITLE, picpoint_section, uses_picpoint

@@ -151,3 +151,12 @@ def gaussians_figure(clouds: Sequence[np.ndarray], assignments: Sequence[np.ndar
         ax.set_axis_off()
     fig.tight_layout()
     return _save(plt, fig, path)
+
+
+def embedded_image(folder: Path, name: str, alt: str) -> str:
+    """An <img> of the PNG ``folder / name``, embedded as base64 (the page stays one file)."""
+    import base64
+    import html
+
+    data = base64.b64encode((folder / name).read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["PointHeatmap", "RegionSimilarity", "uses_picpoint", "find_picpoint", "run_store", "region_similarity",
-           "upsample_regions", "point_queries", "region_keys", "choose_point", "point_heatmap", "heatmap_figure",
+           "upsample_regions", "choose_point", "point_heatmap", "heatmap_figure",
            "picpoint_section"]
 
 SECTION_TITLE = "Pic@Point: one point's similarity to the image regions"
@@ -90,21 +90,18 @@ class PointHeatmap:
 
 def uses_picpoint(recipe: dict | None) -> bool:
     """Whether a run's recipe trains Pic@Point (alone or as a task of a composed recipe)."""
-    if not recipe:
-        return False
-    if recipe.get("method") == "picpoint":
-        return True
-    return recipe.get("method") == "compose" and "picpoint" in (recipe.get("model", {}).get("tasks") or {})
+    from pretext3d.runs import recipe_tasks
+
+    return "picpoint" in recipe_tasks(recipe)
 
 
 def find_picpoint(method: nn.Module) -> nn.Module:
-    """The PicAtPoint module of a method (itself, or the task of a composed method)."""
-    from pretext3d.pretext.picpoint import PicAtPoint
-
-    for module in method.modules():
-        if isinstance(module, PicAtPoint):
-            return module
-    raise ValueError(f"{type(method).__name__} holds no Pic@Point task")
+    """The Pic@Point part of a method (itself, or the task of a composed method), as the method
+    declares its tasks."""
+    found = method.task_methods().get("picpoint")
+    if found is None:
+        raise ValueError(f"{type(method).__name__} holds no Pic@Point task")
+    return found
 
 
 def run_store(run: str | Path, recipe: dict) -> Path:
@@ -132,27 +129,6 @@ def upsample_regions(values: Tensor, grid: int, size: tuple[int, int]) -> Tensor
     lead = values.shape[:-1]
     maps = values.reshape(-1, 1, grid, grid).float()
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False).reshape(*lead, *size)
-
-
-@torch.no_grad()
-def point_queries(picpoint: nn.Module, points: Tensor, view: Tensor,
-                  normals: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """points (B, N, 3), view (B, 4, 4), normals (B, N, 3) (used when the method was trained
-    with normals) -> queries (B, M, d) of the local centres and the centres (B, M, 3)."""
-    cloud = picpoint.backbone(points, normals if picpoint.use_normals else None)
-    hidden = picpoint.point_local(cloud.local)  # (B, M, d)
-    pose = picpoint.pose(view.flatten(1))[:, None].expand(-1, hidden.shape[1], -1)
-    return picpoint.point_local_out(torch.cat([hidden, pose], -1)), cloud.centres
-
-
-@torch.no_grad()
-def region_keys(picpoint: nn.Module, images: Tensor) -> tuple[Tensor, int]:
-    """images (B, C, S, S) (normalised; one channel is repeated) -> keys (B, G^2, d) in region
-    order row * G + column, and G."""
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    local = picpoint.image_local(picpoint.image_encoder(images).local)  # (B, d, G, G)
-    return local.flatten(2).transpose(1, 2), int(local.shape[-1])
 
 
 def choose_point(centres: Tensor, usable: Tensor, pixels: Tensor, mask: Tensor, cloud: Tensor) -> int | None:
@@ -187,15 +163,15 @@ def point_heatmap(picpoint: nn.Module, item: dict[str, Any], device: torch.devic
     """One MultimodalDataset item (points (N, 3), images (1, C, S, S), masks (1, S, S), view,
     proj (1, 4, 4), normals?) -> the chosen point's similarity to the regions of the view (None
     when no centre of the cloud is visible in it)."""
-    from pretext3d.pretext.picpoint import project_to_pixels, project_to_regions
+    from pretext3d.geometry.projection import project_to_pixels, project_to_regions
 
     points = item["points"][None].to(device)
     images = item["images"][:1].to(device)
     view, proj = item["view"][:1].to(device), item["proj"][:1].to(device)
     normals = item["normals"][None].to(device) if "normals" in item else None
     size = tuple(images.shape[-2:])
-    queries, centres = point_queries(picpoint, points, view, normals)
-    keys, grid = region_keys(picpoint, images)
+    queries, centres = picpoint.local_queries(points, view, normals)
+    keys, grid = picpoint.region_keys(images)
     cells, tolerance = picpoint.occlusion
     regions = project_to_regions(centres, view, proj, size, grid, cloud=points, occlusion_cells=cells,
                                  occlusion_tolerance=tolerance)
@@ -303,8 +279,8 @@ def picpoint_section(run: str | Path, recipe: dict, folder: Path, seed: int = 0,
     from pretext3d.data.errors import DataFormatError
     from pretext3d.data.multimodal import MultimodalDataset
     from pretext3d.data.store import read_store_settings
-    from pretext3d.engine.checkpoint import CheckpointError, load_method
-    from pretext3d.report import _image
+    from pretext3d.report.figures import embedded_image
+    from pretext3d.runs import CheckpointError, load_method
 
     store = run_store(run, recipe)
     try:
@@ -368,4 +344,4 @@ def picpoint_section(run: str | Path, recipe: dict, folder: Path, seed: int = 0,
             "dotted white: the most similar region. Right: the cloud from the same camera, the point's "
             f"neighbourhood in red. Over all {visible} visible centres of these views, the most similar region is "
             f"the own one for {100 * top1:.1f}% (chance {100 / grid ** 2:.1f}%).")
-    return _image(folder, path.name, "Pic@Point point-to-region heatmaps") + _note(text), record
+    return embedded_image(folder, path.name, "Pic@Point point-to-region heatmaps") + _note(text), record

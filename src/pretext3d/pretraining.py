@@ -1,0 +1,85 @@
+"""Pretraining as a library call: a recipe (a file, a shipped name or a dict) with overrides,
+run into a run folder by the one training loop, resumable, also under ``torchrun``.
+
+``pretrain`` checks the run folder (a new run needs a fresh folder; a resumed one the recipe it
+was started with, up to ``FREE_ON_RESUME`` keys), records ``recipe.json``, builds the method and
+its training data from the recipe, and trains; the trainer writes the checkpoints,
+``metrics.jsonl``, ``backbone.safetensors`` and ``config.json``. ``pretext3d pretrain`` and the
+demo call it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from pretext3d.config import RecipeError, apply_overrides, build_dataset, build_method, complete, load_recipe, train_config
+from pretext3d.engine.trainer import Trainer
+from pretext3d.utils.device import finish_distributed, init_distributed, rank_and_world, rank_zero_first
+from pretext3d.utils.io import atomic_write_json
+
+__all__ = ["pretrain", "check_run_folder", "FREE_ON_RESUME"]
+
+# recipe keys that do not change what is computed: a resumed run may set them differently
+FREE_ON_RESUME = frozenset({"log_every", "tensorboard", "num_workers", "checkpoint_every", "keep_checkpoints", "device"})
+
+
+def check_run_folder(out: Path, recipe: dict[str, Any], resume: bool) -> None:
+    """A new run needs a fresh folder; a resumed one the recipe it was started with (up to
+    ``FREE_ON_RESUME`` keys)."""
+    saved = out / "recipe.json"
+    if saved.exists() and not resume:
+        raise RecipeError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
+    if resume and saved.exists():
+        before, now = json.loads(saved.read_text()), json.loads(json.dumps(recipe))
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in FREE_ON_RESUME)
+        if changed:
+            raise RecipeError(f"{out}: the run was started with another recipe (differs in {', '.join(changed)})")
+
+
+def _require_tensorboard() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise RecipeError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+
+
+def _recipe(recipe: str | Path | Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A recipe file, a shipped recipe's name or a recipe mapping, completed, with overrides."""
+    base = complete(dict(recipe)) if isinstance(recipe, Mapping) else load_recipe(recipe)
+    return apply_overrides(base, overrides)
+
+
+def pretrain(recipe: str | Path | Mapping[str, Any], out: str | Path, overrides: Sequence[str] = (),
+             resume: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``recipe`` (a YAML file, a shipped recipe's name, or a recipe mapping) with
+    ``overrides`` into the run folder ``out``; returns the trainer's summary and this process's
+    rank."""
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    settings = _recipe(recipe, overrides)
+    if settings["tensorboard"]:
+        _require_tensorboard()  # in every process, before any of them waits on the others
+    out = Path(out)
+    init_distributed()
+    rank, _ = rank_and_world()
+    check_run_folder(out, settings, resume)
+    with rank_zero_first():  # every process has checked the folder before rank 0 writes to it
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / "recipe.json", settings)
+    torch.manual_seed(settings["seed"])  # the same initial weights in every process and run
+    method = build_method(settings)
+    with rank_zero_first():  # rank 0 alone prepares the built-in store when one is needed
+        dataset = build_dataset(settings, out, log=log if rank == 0 else (lambda m: None), prepare_store=rank == 0)
+    config = train_config(settings, len(dataset))
+    if rank == 0:
+        log(f"{settings['method']}: {len(dataset)} training samples, {config.steps} steps of {config.batch_size}")
+    source = "recipe mapping" if isinstance(recipe, Mapping) else str(recipe)
+    extra = {"recipe": settings, "recipe_path": source, "overrides": list(overrides)}
+    summary = Trainer(method, dataset, config, out, extra_config=extra, log=log).fit(resume=resume)
+    finish_distributed()
+    return {**summary, "rank": rank}
