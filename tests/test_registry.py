@@ -4,8 +4,14 @@ edit to any package file; what the built-in methods declare about themselves."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,6 +96,36 @@ def test_a_sixth_method_runs_end_to_end_from_its_test_file(registered, tmp_path,
     report = json.loads(out.read_text())
     assert report["backbone"] == "pointnet" and report["feature_dim"] == 64 and 0 <= report["accuracy"] <= 1
     assert "linear SVM" in capsys.readouterr().out
+
+
+def test_a_new_method_file_and_recipe_are_all_a_builtin_method_needs(tmp_path):
+    """A copy of the package gains pretext/rotation.py and recipes/rotation_tiny.yaml, and
+    nothing else: `pretext3d pretrain --recipe rotation_tiny` trains it."""
+    package = Path(pretext3d.__file__).resolve().parent
+    copy = tmp_path / "src" / "pretext3d"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    source = inspect.getsource(RotationPrediction).replace('"rotation-test"', '"rotation"')
+    (copy / "pretext" / "rotation.py").write_text(
+        "import math\n\nimport torch\nimport torch.nn.functional as F\nfrom torch import Tensor, nn\n\n"
+        "from pretext3d.models import backbone_label, backbone_module\n"
+        "from pretext3d.pretext.base import DataNeeds, PretextMethod, register_method\n\n\n@register_method\n" + source)
+    (copy / "recipes" / "rotation_tiny.yaml").write_text(
+        "method: rotation\nmodel: {backbone: pointnet, backbone_config: {emb_dims: 32, pooling: max}}\n"
+        "data_options: {points: 64, builtin: {train: 2, test: 1, seed: 0}}\n"
+        "steps: 2\nbatch_size: 8\namp: false\nlog_every: 1\n")
+    env = dict(os.environ, PYTHONPATH=str(copy.parent), OMP_NUM_THREADS="1")
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "pretext3d.cli", "pretrain", "--recipe", "rotation_tiny",
+                             "--out", str(run), "device=cpu"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rotation_tiny" in subprocess.run([sys.executable, "-m", "pretext3d.cli", "pretrain", "--help"],
+                                             capture_output=True, text=True, env=env).stdout
+    assert (run / "backbone.safetensors").is_file()
+    assert json.loads((run / "config.json").read_text())["recipe"]["method"] == "rotation"
+    after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert {name for name in after if name not in before} == {Path("pretext/rotation.py"), Path("recipes/rotation_tiny.yaml")}
+    assert all(after[name] == content for name, content in before.items())  # no existing file was touched
 
 
 def test_registering_checks_the_class(registered):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from pretext3d.cli_evaluate import add_evaluate, at_least as _at_least
+from pretext3d.cli_evaluate import add_evaluate
+from pretext3d.cli_options import at_least as _at_least
+from pretext3d.cli_options import log_for
 from pretext3d.cli_prepare import add_prepare, add_render, add_verify
 from pretext3d.cli_pretrain import add_pretrain
 
@@ -67,7 +67,7 @@ def _cmd_data_builtin(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_METHODS = {"parae": "parae_cpu", "crosspoint": "crosspoint_cpu"}
+DEMO_METHODS = ("parae", "crosspoint")  # pretext3d.demo.DEMO_METHODS (not imported: a fast --help)
 
 
 def _method_list(text: str) -> list[str]:
@@ -97,53 +97,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Random-init PointNet floor, then each method's *_cpu recipe on the same built-in
-    training split, each evaluated with the same linear-SVM protocol."""
-    from pretext3d.pretraining import pretrain
-    from pretext3d.data.builtin import builtin_spec
-    from pretext3d.eval.protocols import LinearSVMConfig, run_linear_svm
-    from pretext3d.utils.io import atomic_write_json
+    from pretext3d.demo import DemoConfig, run_demo
 
-    out = Path(args.out)
-    data = builtin_spec(args.seed, args.train, args.test)
-    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    start = time.perf_counter()
-    common = dict(data=data, num_points=args.points, seeds=[args.seed], device=args.device,
-                  cache_dir=str(out / "cache"), progress=not args.quiet)
-    log("[demo] random-init PointNet: BN calibrated on the training clouds, linear SVM")
-    floor = run_linear_svm(LinearSVMConfig(backbone="pointnet", random_init=True,
-                                           bn_calibration_clouds=10 * args.train, **common), log=log)
-    atomic_write_json(out / "linear_svm_random_init.json", floor)
-    rows = [("random init (BN cal.)", floor, None)]
-    for method in args.methods:
-        run = out / f"pretrain_{method}"
-        overrides = [f"steps={args.steps}", f"seed={args.seed}", f"device={args.device}", f"data_options.points={args.points}",
-                     f"data_options.builtin={{train: {args.train}, test: {args.test}, seed: {args.seed}}}",
-                     *args.overrides]
-        log(f"[demo] pretraining with {method} ({DEMO_METHODS[method]}, {args.steps} steps) into {run}")
-        summary = pretrain(DEMO_METHODS[method], run, overrides, resume=(run / "recipe.json").exists(), log=log)
-        report = run_linear_svm(LinearSVMConfig(backbone=None, checkpoint=str(run), **common), log=log)
-        atomic_write_json(out / f"linear_svm_{method}.json", report)
-        rows.append((f"{method} {args.steps} steps", report, summary))
-    print(format_demo(rows, time.perf_counter() - start, out))
+    cfg = DemoConfig(out=args.out, methods=args.methods, steps=args.steps, train=args.train, test=args.test,
+                     points=args.points, seed=args.seed, device=args.device, progress=not args.quiet,
+                     overrides=list(args.overrides))
+    print(run_demo(cfg, log=log_for(args)))
     return 0
-
-
-def format_demo(rows: list[tuple[str, dict, dict | None]], seconds: float, out: Path) -> str:
-    first = rows[0][1]
-    floor = first["accuracy"]
-    lines = [
-        f"pretext3d demo - built-in data: {first['num_classes']} classes, {first['train_size']} train / "
-        f"{first['test_size']} test objects, {first['num_points']} points; linear SVM on frozen features",
-        f"{'weights':26s}{'backbone':20s}{'accuracy':>10s}{'gain':>8s}{'class mean':>12s}{'C':>8s}{'dim':>6s}{'train s':>9s}",
-    ]
-    for name, report, summary in rows:
-        gain = "" if summary is None else f"{100 * (report['accuracy'] - floor):+.1f}"
-        trained = "" if summary is None else f"{summary['seconds']:.0f}"
-        lines.append(f"{name:26s}{report['backbone']:20s}{100 * report['accuracy']:9.1f}%{gain:>8s}"
-                     f"{100 * report['class_mean_accuracy']:11.1f}%{report['C']:8g}{report['feature_dim']:6d}{trained:>9s}")
-    lines.append(f"total {seconds:.0f} s; runs and reports in {out}/")
-    return "\n".join(lines)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -169,10 +129,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pretext3d.report import ReportConfig, make_report
 
-    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     make_report(ReportConfig(run=args.run, out=args.out, data=args.data, evaluations=args.evaluations, num_points=args.points,
                              tsne_objects=args.tsne_objects, queries=args.queries, top_k=args.top_k, seed=args.seed,
-                             device=args.device, cache_dir=args.cache_dir, progress=not args.quiet), log=log)
+                             device=args.device, cache_dir=args.cache_dir, progress=not args.quiet), log=log_for(args))
     print(args.out)
     return 0
 

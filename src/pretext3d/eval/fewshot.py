@@ -17,10 +17,11 @@ import numpy as np
 
 from pretext3d.eval.linear_svm import fit_linear_svm
 from pretext3d.eval.protocols import (
-    FeatureConfig, config_record, feature_report, iter_split_features, mean_std, prepare_feature_config, skipped_items,
+    FeatureConfig, config_record, feature_report, format_feature_header, format_skipped, iter_split_features, mean_std,
+    prepare_feature_config, skipped_items,
 )
 
-__all__ = ["Episode", "FewShotConfig", "sample_episodes", "run_episode", "run_fewshot"]
+__all__ = ["format_fewshot", "Episode", "FewShotConfig", "sample_episodes", "run_episode", "run_fewshot"]
 
 FEWSHOT_C_GRID = (0.01, 0.1, 1.0)
 
@@ -125,3 +126,13 @@ def run_fewshot(cfg: FewShotConfig, log: Callable[[str], None] = print) -> dict[
         "config": config_record(cfg),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def format_fewshot(report: dict) -> str:
+    lines = format_feature_header(report, "few-shot")
+    lines += [f"  episodes        {report['runs_per_seed']} per setting and seed (seeds {' '.join(map(str, report['seeds']))}), "
+              f"support from {report['support_split']}, {report['queries_per_class']} queries per class from {report['query_split']}",
+              f"  C               {report['C_selection']}"]
+    for name, res in report["results"].items():
+        lines.append(f"  {name:15s} {100 * res['accuracy']:.2f}% +- {100 * res['accuracy_std']:.2f}  ({res['episodes']} episodes)")
+    return "\n".join(lines + format_skipped(report))

@@ -18,7 +18,7 @@ import math
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -33,6 +33,7 @@ from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig, T
 from pretext3d.eval.features import calibrate_batchnorm, collate_clouds
 from pretext3d.eval.linear_svm import accuracy_scores
 from pretext3d.eval.metrics import part_segmentation_miou
+from pretext3d.eval.options import RuntimeOptions, TrainingOptions, WeightsOptions
 from pretext3d.eval.protocols import config_record
 from pretext3d.geometry.transforms import random_scale, random_translate
 from pretext3d.models import build_backbone
@@ -44,9 +45,16 @@ from pretext3d.utils.io import atomic_path, atomic_write_json
 
 __all__ = [
     "FinetuneConfig",
+    "format_finetune",
+    "FineTuned",
     "ShapeClassifier",
     "PartSegmenter",
+    "BestKeeper",
+    "finetune_schedule",
     "label_fraction",
+    "load_finetune_backbone",
+    "runs_folder",
+    "segmentation_output",
     "run_finetune",
 ]
 
@@ -82,7 +90,7 @@ def _inputs(backbone: nn.Module, batch: dict, points: Tensor) -> tuple[Tensor, .
     return (points,)
 
 
-class _FineTuned(ExportsBackbone, nn.Module):
+class FineTuned(ExportsBackbone, nn.Module):
     """What the Trainer needs of a method (``backbone``, its name and config) and a frozen
     mode: the backbone's weights get no gradient and its BatchNorm statistics stay as loaded."""
 
@@ -101,7 +109,7 @@ class _FineTuned(ExportsBackbone, nn.Module):
         return self
 
 
-class ShapeClassifier(_FineTuned):
+class ShapeClassifier(FineTuned):
     """backbone -> global feature (B, D) -> DGCNN's classification head
     Linear(D, 512) BN LeakyReLU(0.2) Dropout(0.5) Linear(512, 256) BN LeakyReLU Dropout Linear(256, C).
 
@@ -173,7 +181,7 @@ def _local_dim(backbone: nn.Module) -> int:
     return int(width)
 
 
-class PartSegmenter(_FineTuned):
+class PartSegmenter(FineTuned):
     """Per-point part logits (B, N, P) from any backbone.
 
     A point-wise backbone (dgcnn-seg, pointnet-pointwise, pointnext-seg) keeps its pretrained
@@ -256,30 +264,17 @@ def segmentation_scores(model: PartSegmenter, dataset: Dataset, category_parts: 
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(WeightsOptions, TrainingOptions, RuntimeOptions):
+    """Fine-tuning for a task from the weights (``WeightsOptions``; a random init builds
+    ``backbone`` with ``random_config``, or ``like``'s architecture) with the runs of
+    ``TrainingOptions``."""
+
     task: str  # "classification" | "partseg"
     data: str
-    backbone: str | None = None  # random init: the backbone to build; with a checkpoint: checked
-    checkpoint: str | None = None
-    random_init: bool = False
-    random_config: dict[str, Any] = field(default_factory=dict)
-    fractions: list[float] = field(default_factory=lambda: [1.0])
-    modes: list[str] = field(default_factory=lambda: ["unfrozen"])  # "frozen" and/or "unfrozen"
-    epochs: float = 50.0
-    min_steps: int = 0  # at least this many steps (small label fractions give few steps per epoch)
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adam"
     label_smoothing: float = 0.2
     val_fraction: float = 0.1  # classification: held out of train for model selection
-    validations: int = 10  # validation passes over a run (evenly spaced, the last after the final step)
     num_points: int = 1024
-    seed: int = 0
     bn_calibration_clouds: int = 1024
-    device: str = "auto"
-    out: str | None = None  # run folders; a temporary folder when None
-    progress: bool = True
 
 
 @contextmanager
@@ -330,15 +325,18 @@ def _labels_of(dataset: Dataset) -> np.ndarray:
     return np.asarray(dataset.labels)  # type: ignore[attr-defined]
 
 
-def _backbone(cfg: FinetuneConfig) -> tuple[nn.Module, str, dict[str, Any], str]:
+def load_finetune_backbone(cfg: WeightsOptions, seed: int) -> tuple[nn.Module, str, dict[str, Any], str]:
+    """(backbone, its registry name, its config, where its weights come from) of the weights
+    options: the checkpoint's, or a random init seeded with ``seed``."""
+    cfg.check_weights()
     if cfg.checkpoint:
         path = backbone_file(cfg.checkpoint)
         loaded = load_backbone(path, expected=cfg.backbone)
         return loaded.model, loaded.backbone, dict(loaded.config), str(path)
-    if not cfg.random_init or not cfg.backbone:
-        raise ValueError("give a checkpoint, or random_init with a backbone name")
-    torch.manual_seed(cfg.seed)
-    return build_backbone(cfg.backbone, **cfg.random_config), cfg.backbone, dict(cfg.random_config), "random-init"
+    name, config = cfg.architecture()
+    assert name is not None  # check_weights: a random init has a backbone or like
+    torch.manual_seed(seed)
+    return build_backbone(name, **(config or {})), name, dict(config or {}), "random-init"
 
 
 def _scorer(cfg: FinetuneConfig, category_parts, device: torch.device) -> tuple[str, Callable[[nn.Module, Dataset], dict]]:
@@ -348,7 +346,7 @@ def _scorer(cfg: FinetuneConfig, category_parts, device: torch.device) -> tuple[
     return "instance_miou", lambda model, split: segmentation_scores(model, split, category_parts, cfg.batch_size, device)
 
 
-class _BestKeeper:
+class BestKeeper:
     """The Trainer's validate callback: scores the validation split and keeps the best weights
     (``best.safetensors`` + ``best.json`` in the run folder, written atomically)."""
 
@@ -377,19 +375,19 @@ def _one_run(cfg: FinetuneConfig, splits: dict[str, Dataset], category_parts, nu
     train_all = splits["train"]
     rows = label_fraction(np.arange(len(train_all)), _labels_of(train_all), fraction, cfg.seed)
     train = Subset(train_all, rows.tolist())
-    backbone, name, config, source = _backbone(cfg)
+    backbone, name, config, source = load_finetune_backbone(cfg, cfg.seed)
     if cfg.random_init:  # untrained BatchNorm statistics would scale features badly, frozen or not
         calibrate_batchnorm(backbone, train, cfg.bn_calibration_clouds, min(cfg.batch_size, max(2, len(train))),
                             cfg.seed, device, progress=False)
     freeze = mode == "frozen"
     if cfg.task == "classification":
-        model: _FineTuned = ShapeClassifier(backbone, name, config, num_outputs, freeze, cfg.label_smoothing)
+        model: FineTuned = ShapeClassifier(backbone, name, config, num_outputs, freeze, cfg.label_smoothing)
     else:
         model = PartSegmenter(backbone, name, config, num_outputs, category_parts, freeze)
     key, score = _scorer(cfg, category_parts, device)
     train_cfg = finetune_schedule(cfg, len(train))
     batch, steps = train_cfg.batch_size, train_cfg.steps
-    keeper = _BestKeeper(out, lambda m: score(m, splits["val"]), key)
+    keeper = BestKeeper(out, lambda m: score(m, splits["val"]), key)
     trainer = Trainer(model, train, train_cfg, out, collate=collate_clouds, log=log,
                       extra_config={"finetune": asdict(cfg), "fraction": fraction, "mode": mode},
                       validate=keeper)
@@ -410,8 +408,7 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
     for mode in cfg.modes:
         if mode not in ("frozen", "unfrozen"):
             raise ValueError(f"mode must be 'frozen' or 'unfrozen', got {mode!r}")
-    if cfg.random_init == bool(cfg.checkpoint):
-        raise ValueError("give exactly one of random_init=True or a checkpoint")
+    cfg.check_weights()
     device = resolve_device(cfg.device)
     splits, category_parts, num_outputs = _open_task_splits(cfg)
     start = time.perf_counter()
@@ -441,3 +438,19 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
         "config": config_record(cfg),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def format_finetune(report: dict) -> str:
+    seg = report["protocol"] == "partseg"
+    lines = [f"{report['protocol']}  {report['dataset']} ({report['train_size']} train / {report['val_size']} val / "
+             f"{report['test_size']} test); weights {report['runs'][0]['weights']}",
+             f"  selection       {report['validation']}",
+             f"  {'labels':>8s} {'backbone':>9s} {'objects':>8s} {'steps':>6s} {'best step':>10s}  "
+             + ("instance mIoU  class mIoU" if seg else "accuracy  class mean")]
+    for run in report["runs"]:
+        test = run["test"]
+        values = (f"{100 * test['instance_miou']:12.2f}% {100 * test['class_miou']:10.2f}%" if seg else
+                  f"{100 * test['accuracy']:7.2f}% {100 * test['class_mean_accuracy']:10.2f}%")
+        lines.append(f"  {100 * run['fraction']:7g}% {run['mode']:>9s} {run['labelled']:8d} {run['steps']:6d} "
+                     f"{run['selected']['step']:10d}  {values}")
+    return "\n".join(lines)

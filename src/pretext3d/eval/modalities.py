@@ -20,7 +20,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from pretext3d.data.multimodal import MultimodalDataset
 from pretext3d.data.store import read_index, read_store_settings
 from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
 from pretext3d.eval.features import Features, batchnorm_calibration, seeded_subset
+from pretext3d.eval.options import CacheOptions, RuntimeOptions, WeightsOptions
 from pretext3d.models import image_encoder_module, mesh_inputs
 from pretext3d.runs import open_method
 from pretext3d.utils.progress import progress_bar
@@ -59,26 +60,22 @@ MODALITIES = ("points", "image", "mesh")
 _DATASET_MODALITY = {"points": "points", "image": "images", "mesh": "mesh"}
 
 @dataclass
-class StoreProtocolConfig:
+class StoreProtocolConfig(WeightsOptions, CacheOptions, RuntimeOptions):
     """What every protocol on a prepared store's modalities takes: the store, the weights (a
-    pretraining run folder, or with random_init that run's method with seeded random weights and
-    BatchNorm statistics calibrated on ``bn_calibration_objects`` training objects) and how the
+    pretraining run folder as ``checkpoint``, or random_init with ``like`` a run folder: that
+    run's method with seeded random weights and BatchNorm statistics calibrated on
+    ``bn_calibration_objects`` training objects; ``method_run()`` names the run) and how the
     objects are fed (the first ``num_points`` stored points; views resized to ``image_size``,
     default the run's training size)."""
 
+    random_init_needs: ClassVar[str] = "run"
+
     data: str
-    checkpoint: str | None = None
-    random_init: bool = False
     seed: int = 0
     bn_calibration_objects: int = 256
     num_points: int | None = 1024
     image_size: int | None = None
     batch_size: int = 16
-    device: str = "auto"
-    num_workers: int = 0
-    cache_dir: str | None = None
-    use_cache: bool = True
-    progress: bool = True
 
 
 @dataclass

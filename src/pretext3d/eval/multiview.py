@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from pretext3d.data.store import read_store_settings
 from pretext3d.eval.linear_svm import DEFAULT_C_GRID, fit_linear_svm
@@ -24,16 +24,18 @@ from pretext3d.eval.modalities import (
 from pretext3d.eval.protocols import config_record
 from pretext3d.utils.device import resolve_device
 
-__all__ = ["MultiviewConfig", "run_multiview", "store_image_encoders"]
+__all__ = ["format_multiview", "MultiviewConfig", "run_multiview", "store_image_encoders"]
 
 
 @dataclass
 class MultiviewConfig(StoreProtocolConfig):
     """checkpoint: a run folder with an image encoder; or random_init / image_weights (torchvision
-    ResNet weights on disk) with ``backbone`` the ResNet (resnet18 | resnet50)."""
+    ResNet weights on disk) with ``backbone`` the ResNet (resnet18 | resnet50; with a run, the
+    encoder it must hold)."""
+
+    random_init_needs: ClassVar[str] = "any"  # a bare ResNet
 
     image_weights: str | None = None
-    backbone: str | None = None
     view_counts: tuple[int, ...] = (1, 12, 36, 80)
     pool: str = "max"
     C: float | None = None
@@ -42,11 +44,25 @@ class MultiviewConfig(StoreProtocolConfig):
     svm: str = "svc"
 
 
+    def weight_sources(self) -> int:
+        return super().weight_sources() + int(bool(self.image_weights))
+
+    def check_weights(self) -> None:
+        if self.weight_sources() != 1:
+            raise ValueError("give exactly one of a run folder (checkpoint), random_init or image_weights")
+        if self.like:
+            raise ValueError("multiview builds a bare ResNet for --random-init: name it with --backbone, not --like")
+        super().check_weights()
+
+    def method_run(self) -> str:  # the run's image encoder; backbone names a ResNet, checked by store_image_encoders
+        if not self.checkpoint:
+            raise ValueError("multiview reads a run's image encoder only with --checkpoint RUN")
+        return self.checkpoint
+
+
 def store_image_encoders(cfg: MultiviewConfig, space: str = "encoder") -> tuple[ModalityEncoders, dict | None]:
     """The image encoder ``cfg`` names (and the run's recipe, when it is a run)."""
-    sources = [bool(cfg.checkpoint), cfg.random_init, bool(cfg.image_weights)]
-    if sum(sources) != 1:
-        raise ValueError("give exactly one of a run folder (checkpoint), random_init or image_weights")
+    cfg.check_weights()
     if cfg.checkpoint:
         encoders, recipe = load_run_encoders(cfg.checkpoint, space)
         if "image" not in encoders.modules:
@@ -109,3 +125,19 @@ def run_multiview(cfg: MultiviewConfig, log: Callable[[str], None] = print) -> d
         "config": config_record(cfg),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def format_multiview(report: dict) -> str:
+    lines = [f"multiview  {report['dataset']} ({report['train_size']} train / {report['test_size']} test, "
+             f"{report['num_classes']} classes, {report['store_views']} views per object)",
+             f"  weights         {report['weights']}",
+             f"  images          {report['image_size']} px, {report['feature_dim']}-d features, {report['pool']}-pooled",
+             f"  classifier      {report['classifier']}"]
+    if report["bn_calibration"]:
+        lines.append(f"  BN statistics   {report['bn_calibration']}")
+    if report["view_counts_skipped"]:
+        lines.append(f"  skipped         view counts {report['view_counts_skipped']} (the store has {report['store_views']})")
+    for res in report["results"]:
+        lines.append(f"  {res['views']:3d} view(s)     {100 * res['accuracy']:.2f}%  (class mean "
+                     f"{100 * res['class_mean_accuracy']:.2f}%, C={res['C']:g})")
+    return "\n".join(lines)

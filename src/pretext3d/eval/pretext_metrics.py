@@ -36,7 +36,8 @@ from pretext3d.eval.protocols import config_record
 from pretext3d.runs import open_method
 from pretext3d.utils.device import resolve_device
 
-__all__ = ["PretextConfig", "Pairs", "balanced_pairs", "best_threshold", "pair_distances", "run_pretext", "find_pair_classifier"]
+__all__ = ["PretextConfig", "Pairs", "balanced_pairs", "best_threshold", "pair_distances", "run_pretext", "find_pair_classifier",
+           "format_pretext"]
 
 
 @dataclass
@@ -132,14 +133,15 @@ def _pairs_for(embedded: StoreEmbeddings, views: int, factor: int, seed: int, sp
 
 def run_pretext(cfg: PretextConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The pretext metrics of a run on the test split of a store; the report."""
-    opened = open_method(cfg.checkpoint, cfg.random_init, cfg.seed)
+    run = cfg.method_run()
+    opened = open_method(run, cfg.random_init, cfg.seed)
     method, recipe, weights_id, source = opened.method, opened.recipe, opened.weights_id, opened.source
     settings, _ = read_store_settings(Path(cfg.data))
     device = resolve_device(cfg.device)
     image_size = image_size_of(recipe, cfg.data, cfg.image_size)
     encoder_space = method_encoders(method, "encoder", weights_id, source)
     if "image" not in encoder_space.modules:
-        raise ValueError(f"{cfg.checkpoint}: the pretext metrics pair rendered views; this {recipe['method']} run has no image encoder")
+        raise ValueError(f"{run}: the pretext metrics pair rendered views; this {recipe['method']} run has no image encoder")
     spaces = {"encoder": encoder_space}
     if method.shared_heads():
         spaces["shared"] = method_encoders(method, "shared", weights_id, source)
@@ -212,3 +214,18 @@ def _train_rows(cfg: PretextConfig) -> list[int]:
     count = sum(1 for e in read_index(Path(cfg.data))["objects"] if e["split"] == "train")
     rng = np.random.default_rng([cfg.seed, 7])
     return sorted(rng.permutation(count)[: cfg.threshold_objects].tolist())
+
+
+def format_pretext(report: dict) -> str:
+    lines = [f"pretext  {report['dataset']} ({report['test_size']} test objects); {report['method']}: {report['weights']}",
+             f"  pairs           {report['pairs']['count']} ({report['pairs']['positive']} positive); thresholds "
+             f"{report['threshold_fit']}"]
+    if report["bn_calibration"]:
+        lines.append(f"  BN statistics   {report['bn_calibration']}")
+    for name, res in report["results"].items():
+        line = f"  {name:23s} accuracy {100 * res['accuracy']:6.2f}%"
+        if "positive_distance" in res:
+            pos, neg = res["positive_distance"], res["negative_distance"]
+            line += f"   distance positive {pos['mean']:.3f} +- {pos['std']:.3f}, negative {neg['mean']:.3f} +- {neg['std']:.3f}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -16,12 +16,14 @@ from pretext3d.data.readers import MESH_FORMATS, detect_format, open_splits
 from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
 from pretext3d.eval.features import Features, calibrate_batchnorm, extract_features
 from pretext3d.eval.linear_svm import DEFAULT_C_GRID, fit_linear_svm
+from pretext3d.eval.options import CacheOptions, RuntimeOptions, WeightsOptions
 from pretext3d.models import build_backbone
 from pretext3d.runs import CheckpointError, backbone_file, load_backbone
 from pretext3d.utils.device import resolve_device
 
 __all__ = ["FeatureConfig", "LinearSVMConfig", "SplitFeatures", "run_linear_svm", "iter_split_features",
-           "prepare_feature_config", "feature_report", "backbone_config", "BN_CALIBRATION_NOTE"]
+           "prepare_feature_config", "feature_report", "backbone_config", "BN_CALIBRATION_NOTE", "format_feature_header",
+           "format_skipped", "format_linear_svm"]
 
 BN_CALIBRATION_NOTE = (
     "random init: BatchNorm running statistics reset and set to the cumulative average of the "
@@ -32,29 +34,22 @@ BN_CALIBRATION_NOTE = (
 
 
 @dataclass
-class FeatureConfig:
-    """Where frozen global features come from: data, weights (a checkpoint, or a random
-    initialisation with calibrated BatchNorm) and extraction settings. Every protocol on frozen
-    features extends it."""
+class FeatureConfig(WeightsOptions, CacheOptions, RuntimeOptions):
+    """Where frozen global features come from: data, weights (``WeightsOptions``: a checkpoint,
+    or a random initialisation with calibrated BatchNorm; with a checkpoint, backbone None means
+    whatever it holds) and extraction settings. Every protocol on frozen features extends it."""
+
+    random_backbones: ClassVar[tuple[str, ...]] = ("pointnet", "dgcnn")
 
     data: str
-    backbone: str | None = "dgcnn"  # with a checkpoint: None = whatever it holds
-    checkpoint: str | None = None  # a backbone file, or a `pretext3d pretrain` run folder
-    random_init: bool = False
     num_points: int = 1024
     subsample: str = "first"
     subset: str | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     batch_size: int = 32
     bn_calibration_clouds: int = 2048
-    k: int = 20
-    emb_dims: int = 1024
-    random_config: dict[str, Any] | None = None  # random init with this config (e.g. a checkpoint's) instead of k/emb_dims
-    device: str = "auto"
-    num_workers: int = 0
-    cache_dir: str | None = None
-    use_cache: bool = True
-    progress: bool = True
+    k: int = 20  # DGCNN neighbours (a random init, and reference weights that do not say)
+    emb_dims: int = 1024  # a random init's embedding width (without random_config)
 
 
 @dataclass
@@ -110,15 +105,15 @@ def _seed_matters(cfg: FeatureConfig, fmt: str) -> bool:
 
 
 def prepare_feature_config(cfg: FeatureConfig) -> FeatureConfig:
-    """Check the weight source and resolve a run folder to its checkpoint file."""
-    if cfg.random_init == bool(cfg.checkpoint):
-        raise ValueError("give exactly one of random_init=True or a checkpoint")
+    """Resolve the weights: a run folder to its backbone file, ``like`` to its architecture."""
+    cfg.check_weights()
     if cfg.checkpoint:
         cfg = replace(cfg, checkpoint=str(backbone_file(cfg.checkpoint)))
         if not Path(cfg.checkpoint).is_file():
             raise CheckpointError(f"{cfg.checkpoint}: does not exist")
-    elif cfg.backbone is None:
-        raise ValueError("random init needs a backbone name")
+    elif cfg.like:
+        backbone, random_config = cfg.architecture()
+        cfg = replace(cfg, backbone=backbone, random_config=random_config)
     return cfg
 
 
@@ -261,3 +256,38 @@ def _report(cfg: LinearSVMConfig, extracted: list[SplitFeatures], per_seed: list
 def config_record(cfg) -> dict[str, Any]:
     """A protocol config (a dataclass) as JSON-ready settings, without the progress switch."""
     return {k: v for k, v in asdict(cfg).items() if k != "progress"}
+
+
+def format_feature_header(report: dict, title: str) -> list[str]:
+    """The first lines of a frozen-feature report: data, weights, feature, points."""
+    lines = [
+        f"{title}  {report['dataset']} ({report['dataset_format']}{', ' + report['subset'] if report['subset'] else ''}, "
+        f"{report['num_classes']} classes)",
+        f"  backbone        {report['backbone']} ({report['weights']})",
+        f"  feature dim     {report['feature_dim']}",
+        f"  points / cloud  {report['num_points']} ({report['sampling']})",
+    ]
+    if report["bn_calibration"]:
+        lines.append(f"  BN statistics   {report['bn_calibration']}")
+    return lines
+
+
+def format_skipped(report: dict) -> list[str]:
+    """Lines naming the unreadable items a report skipped (at most 20)."""
+    if not report["skipped"]:
+        return []
+    return [f"  skipped         {len(report['skipped'])} unreadable item(s):", *(f"    {m}" for m in report["skipped"][:20])]
+
+
+def format_linear_svm(report: dict) -> str:
+    seeds = report["seeds"]
+    acc = f"{100 * report['accuracy']:.2f}%"
+    cls = f"{100 * report['class_mean_accuracy']:.2f}%"
+    if len(seeds) > 1:
+        acc += f" +- {100 * report['accuracy_std']:.2f}"
+        cls += f" +- {100 * report['class_mean_accuracy_std']:.2f}"
+    lines = format_feature_header(report, "linear SVM")
+    lines[0] += f", {report['train_size']} train / {report['test_size']} test"
+    lines[2:2] = [f"  accuracy        {acc}   (class mean {cls}, seeds {' '.join(map(str, seeds))})",
+                  f"  C               {report['C']:g}   ({report['C_selection']})"]
+    return "\n".join(lines + format_skipped(report))

@@ -21,12 +21,13 @@ from pretext3d.eval.modalities import (
     load_run_encoders, pool_views, view_subset,
 )
 from pretext3d.eval.protocols import (
-    FeatureConfig, config_record, feature_report, iter_split_features, mean_std, prepare_feature_config, skipped_items,
+    FeatureConfig, config_record, feature_report, format_feature_header, format_skipped, iter_split_features, mean_std,
+    prepare_feature_config, skipped_items,
 )
 from pretext3d.utils.device import resolve_device
 
 __all__ = ["RetrievalConfig", "run_retrieval", "within_split_scores", "scores_record", "StoreRetrievalConfig",
-           "run_store_retrieval", "modality_pairs"]
+           "run_store_retrieval", "modality_pairs", "format_retrieval", "format_store_retrieval"]
 
 
 @dataclass
@@ -115,7 +116,7 @@ def run_store_retrieval(cfg: StoreRetrievalConfig, log: Callable[[str], None] = 
     the other modality, the query object's own counterpart included (it counts as relevant, as
     any object of its class). Instance scores say how often that counterpart ranks in the top k."""
     check_pool(cfg.pool)
-    encoders, recipe = load_run_encoders(cfg.checkpoint, cfg.space, cfg.random_init, cfg.seed)
+    encoders, recipe = load_run_encoders(cfg.method_run(), cfg.space, cfg.random_init, cfg.seed)
     settings, _ = read_store_settings(Path(cfg.data))
     views = view_subset(settings.views, cfg.views or settings.views, cfg.data)
     with_images = "image" in cfg.modalities
@@ -171,3 +172,32 @@ def run_store_retrieval(cfg: StoreRetrievalConfig, log: Callable[[str], None] = 
         "config": config_record(cfg),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def format_retrieval(report: dict) -> str:
+    lines = format_feature_header(report, "retrieval")
+    lines += [f"  queries         {report['per_seed'][0]['queries']} ({report['queries']}); gallery: {report['gallery']}",
+              f"  distance        {report['metric']}"]
+    for name, res in report["results"].items():
+        lines.append(f"  {name:15s} {100 * res['mean']:.2f}%" + (f" +- {100 * res['std']:.2f}" if len(report["seeds"]) > 1 else ""))
+    return "\n".join(lines + format_skipped(report))
+
+
+def format_store_retrieval(report: dict) -> str:
+    views = report["views"]
+    lines = [f"retrieval  {report['dataset']} ({report['test_size']} test objects, {report['num_classes']} classes)",
+             f"  weights         {report['weights']}",
+             f"  space           {report['space']}",
+             *([f"  views           {views['count']} per object, {views['pool']}-pooled; image size {report['image_size']}"]
+               if views else []),
+             f"  distance        {report['metric']}",
+             f"  {'query->gallery':16s} {'mAP':>7s} " + " ".join(f"{'top-' + k:>7s}" for k in
+                                                                next(iter(report["results"].values()))["top_k"])
+             + "   instance top-1"]
+    if report["bn_calibration"]:
+        lines.insert(2, f"  BN statistics   {report['bn_calibration']}")
+    for name, res in report["results"].items():
+        instance = res.get("instance")
+        lines.append(f"  {name:16s} {100 * res['mAP']:6.2f}% " + " ".join(f"{100 * v:6.2f}%" for v in res["top_k"].values())
+                     + (f"   {100 * instance['top_k']['1']:6.2f}%" if instance and "1" in instance["top_k"] else ""))
+    return "\n".join(lines)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -43,9 +43,10 @@ from pretext3d.data.splits import carve_validation
 from pretext3d.engine.trainer import Trainer
 from pretext3d.eval.features import calibrate_batchnorm
 from pretext3d.eval.finetune import (
-    _backbone, _BestKeeper, _FineTuned, finetune_schedule, label_fraction, runs_folder, segmentation_output,
+    BestKeeper, FineTuned, finetune_schedule, load_finetune_backbone, label_fraction, runs_folder, segmentation_output,
 )
 from pretext3d.eval.metrics import confusion_matrix, scores_from_confusion
+from pretext3d.eval.options import RuntimeOptions, TrainingOptions, WeightsOptions
 from pretext3d.eval.protocols import config_record
 from pretext3d.models import BACKBONES
 from pretext3d.models.layers import PointFeatures
@@ -137,7 +138,7 @@ def _probe_local_dim(backbone: nn.Module, in_channels: int) -> int:
     return int(width)
 
 
-class SceneSegmenter(_FineTuned):
+class SceneSegmenter(FineTuned):
     """Per-point class logits (B, N, K) of blocks from any backbone (``PartSegmenter``'s heads,
     without categories).
 
@@ -276,32 +277,19 @@ def score_rooms(model: SceneSegmenter, rooms: Iterable[tuple[str, np.ndarray, np
 
 
 @dataclass
-class SemsegConfig:
+class SemsegConfig(WeightsOptions, TrainingOptions, RuntimeOptions):
+    """Semantic segmentation from the weights (``WeightsOptions``) with the fine-tuning runs of
+    ``TrainingOptions`` (label fractions: shares of the training rooms; epochs: passes over the
+    training blocks, SemSegBlocks: ceil(P / num_points) per room)."""
+
     data: str  # an S3DIS folder: raw (Area_N/<room>/Annotations) or the npy export (Area_N_<room>.npy)
     test_area: int = 5
-    backbone: str | None = None  # random init: the backbone to build; with a checkpoint: checked
-    checkpoint: str | None = None
-    random_init: bool = False
-    random_config: dict[str, Any] = field(default_factory=dict)
     features: str | None = None  # xyz | xyzrgb | all; None: what the backbone takes (its in_channels)
     block_size: float = 1.0  # metres (x and y)
     stride: float | None = None  # of the validation / test tiling; None: block_size / 2
     num_points: int = 4096  # per block
     val_fraction: float = 0.1  # of the training rooms, held out whole for model selection
-    fractions: list[float] = field(default_factory=lambda: [1.0])  # label fractions: shares of the training rooms
-    modes: list[str] = field(default_factory=lambda: ["unfrozen"])  # "frozen" and/or "unfrozen"
-    epochs: float = 50.0  # passes over the training blocks (SemSegBlocks: ceil(P / num_points) per room)
-    min_steps: int = 0
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adam"
-    validations: int = 10
-    seed: int = 0
     bn_calibration_blocks: int = 1024  # random init: training blocks for BatchNorm calibration
-    device: str = "auto"
-    out: str | None = None  # run folders; a temporary folder when None
-    progress: bool = True
 
     @property
     def test_stride(self) -> float:
@@ -335,24 +323,23 @@ def _resolve_inputs(cfg: SemsegConfig) -> tuple[str, int, str, dict[str, Any]]:
                              f"but features {cfg.features!r} give {FEATURES[cfg.features]}; use features {takes!r} "
                              "with this checkpoint (or random init to train on any features)")
         return takes, channels, loaded.backbone, dict(loaded.config)
-    if not cfg.backbone:
-        raise ValueError("random init needs a backbone name (or the architecture of a checkpoint)")
-    if cfg.backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {cfg.backbone!r}; known: {', '.join(sorted(BACKBONES))}")
-    config = dict(cfg.random_config)
-    features = cfg.features or _feature_name(int(config.get("in_channels", 3)), f"the {cfg.backbone} configuration")
+    backbone, random_config = cfg.architecture()
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(sorted(BACKBONES))}")
+    config = dict(random_config or {})
+    features = cfg.features or _feature_name(int(config.get("in_channels", 3)), f"the {backbone} configuration")
     channels = FEATURES[features]
-    parameters = inspect.signature(BACKBONES[cfg.backbone]).parameters
+    parameters = inspect.signature(BACKBONES[backbone]).parameters
     open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     if "in_channels" in parameters or open_kwargs:
         config["in_channels"] = channels
     elif channels != 3:
-        raise ValueError(f"the {cfg.backbone} backbone takes xyz only (3 input channels), but features {features!r} "
+        raise ValueError(f"the {backbone} backbone takes xyz only (3 input channels), but features {features!r} "
                          f"give {channels}; use features 'xyz' or a backbone with in_channels "
                          "(pointnet, dgcnn, pointnet-pointwise)")
     if "num_categories" in parameters and "num_categories" not in config:
         config["num_categories"] = 0  # rooms have no object category
-    return features, channels, cfg.backbone, config
+    return features, channels, backbone, config
 
 
 def hold_out_rooms(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -373,8 +360,7 @@ def _check(cfg: SemsegConfig) -> None:
             raise ValueError(f"mode must be 'frozen' or 'unfrozen', got {mode!r}")
     if not cfg.modes or not cfg.fractions:
         raise ValueError("give at least one mode and one label fraction")
-    if cfg.random_init == bool(cfg.checkpoint):
-        raise ValueError("give exactly one of random_init=True or a checkpoint")
+    cfg.check_weights()
     if cfg.block_size <= 0:
         raise ValueError(f"block_size must be positive, got {cfg.block_size}")
     if not 0 < cfg.test_stride <= cfg.block_size:
@@ -404,7 +390,8 @@ def _one_run(cfg: SemsegConfig, rooms: dict[str, SemSegRooms], loaded: dict[int,
     if len(blocks) < 2:
         raise ValueError(f"the training rooms give {len(blocks)} block(s) per epoch (ceil(points / {cfg.num_points}) "
                          "per room); at least 2 are needed for a batch: use fewer points per block")
-    backbone, name, backbone_config, source = _backbone(replace(cfg, random_config=config))  # type: ignore[arg-type]
+    weights = replace(cfg, random_config=config) if cfg.random_init else cfg  # a random init builds the resolved config
+    backbone, name, backbone_config, source = load_finetune_backbone(weights, cfg.seed)
     train_cfg = finetune_schedule(cfg, len(blocks))
     batch, steps = train_cfg.batch_size, train_cfg.steps
     if cfg.random_init:  # untrained BatchNorm statistics would scale features badly, frozen or not
@@ -421,7 +408,7 @@ def _one_run(cfg: SemsegConfig, rooms: dict[str, SemSegRooms], loaded: dict[int,
                                      desc="vote val rooms", progress=cfg.progress)
         return last["scores"]
 
-    keeper = _BestKeeper(out, score_val, "miou")
+    keeper = BestKeeper(out, score_val, "miou")
     best_full: dict[str, Any] = {}
 
     def validate(m: nn.Module, step: int) -> dict[str, float]:

@@ -8,6 +8,8 @@ ParAE, the fitted Gaussians as ellipsoids over the points; for Pic@Point, heatma
 similarity to the regions of a rendered view (``report.picpoint``). Pictures are embedded (base64)
 and also written as PNGs next to the page, with ``report.json``: everything the page shows.
 The page checks itself on load: ``<body data-images="loaded/total" data-errors="n">``.
+Everything about the run (its recipe, training record, method and backbone) is read through
+``pretext3d.runs``.
 """
 
 from __future__ import annotations
