@@ -146,7 +146,7 @@ def test_only_runs_opens_a_trained_method(graph):
     """Nothing outside runs.py (and the recipe layer that writes runs) reads a run's training
     checkpoints: the engine's state format is the engine's and runs.py's."""
     readers = sorted(m for m, targets in graph.items() if "pretext3d.engine.checkpoint" in targets)
-    assert readers == ["pretext3d.engine.trainer", "pretext3d.runs"]
+    assert readers == ["pretext3d.engine.trainer", "pretext3d.pretraining", "pretext3d.runs"]
 
 
 def test_the_checker_finds_cycles_and_broken_layers(tmp_path):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from pretext3d.data.builtin import builtin_splits
 import pretext3d
-from pretext3d.models.checkpoint import CheckpointError, load_backbone
+from pretext3d.runs import CheckpointError, load_backbone
 from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig, Trainer, batch_indices, learning_rate
 from pretext3d.pretext.parae import ParAE
 from tests.tests_helpers import Interrupt, dies_at_call, free_port

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pretext3d.data import ArrayPointClouds, open_splits
-from pretext3d.models.checkpoint import CheckpointError, load_backbone, save_backbone
+from pretext3d.models.checkpoint import save_backbone
+from pretext3d.runs import CheckpointError, load_backbone
 from pretext3d.eval import LinearSVMConfig, calibrate_batchnorm, extract_features, fit_linear_svm, run_linear_svm
 from pretext3d.eval.cache import FeatureCache
 from pretext3d.eval.linear_svm import accuracy_scores

@@ -14,6 +14,7 @@ from pretext3d.cli_options import at_least as _at_least
 from pretext3d.cli_options import log_for
 from pretext3d.cli_prepare import add_prepare, add_render, add_verify
 from pretext3d.cli_pretrain import add_pretrain
+from pretext3d.shipped import DEMO_METHODS
 
 __all__ = ["main", "build_parser"]
 
@@ -67,7 +68,6 @@ def _cmd_data_builtin(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_METHODS = ("parae", "crosspoint")  # pretext3d.demo.DEMO_METHODS (not imported: a fast --help)
 
 
 def _method_list(text: str) -> list[str]:
@@ -128,7 +128,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from pretext3d.report import ReportConfig, make_report
+    from pretext3d.utils.io import check_writable
 
+    check_writable(args.out)
     make_report(ReportConfig(run=args.run, out=args.out, data=args.data, evaluations=args.evaluations, num_points=args.points,
                              tsne_objects=args.tsne_objects, queries=args.queries, top_k=args.top_k, seed=args.seed,
                              device=args.device, cache_dir=args.cache_dir, progress=not args.quiet), log=log_for(args))
@@ -158,6 +160,9 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped, never stops a job
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and getattr(args, "overrides", None) is not None and all("=" in u and not u.startswith("-") for u in unknown):
@@ -166,14 +171,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     from pretext3d.data.errors import DataFormatError
     from pretext3d.models.checkpoint import CheckpointError
+    from pretext3d.utils.io import describe_os_error
+    from pretext3d.utils.lock import FolderBusy
 
     try:
         return int(args.func(args) or 0)
-    except (DataFormatError, CheckpointError, ValueError) as err:  # bad input: one clear line
+    except (DataFormatError, CheckpointError, ValueError, FolderBusy) as err:  # bad input: one clear line
         if os.environ.get("PRETEXT3D_DEBUG"):
             raise
         print(f"pretext3d: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine said no (full or read-only disk, permissions): one clear line
+        if os.environ.get("PRETEXT3D_DEBUG"):
+            raise
+        print(f"pretext3d: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("pretext3d: interrupted", file=sys.stderr)
         return 130

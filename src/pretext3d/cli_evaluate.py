@@ -32,8 +32,10 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_protocol(args: argparse.Namespace, run: Callable[..., dict], config: Any, fmt: Callable[[dict], str]) -> int:
-    from pretext3d.utils.io import atomic_write_json
+    from pretext3d.utils.io import atomic_write_json, check_writable
 
+    if args.json:
+        check_writable(args.json)  # before minutes of work, not after
     report = run(config, log=log_for(args))
     print(fmt(report))
     if args.json:

@@ -72,7 +72,7 @@ _WEIGHTS: dict[str, dict[str, Any]] = {
     "image": {  # a run's image encoder, torchvision weights or a random ResNet
         "checkpoint": ("RUN", "a `pretext3d pretrain` run folder"),
         "random": "random weights; BatchNorm statistics calibrated on training objects",
-        "like": ("RUN", "not used: multiview builds a bare ResNet for --random-init (name it with --backbone)"),
+        "like": ("RUN", "refused: multiview builds a bare ResNet for --random-init (name it with --backbone)"),
         "backbone": "the image encoder for --random-init / --image-weights (default resnet18); with --checkpoint, "
                     "checks the run's",
         "choices": ["resnet18", "resnet50"],

@@ -129,12 +129,12 @@ def _spread(count: int, total: int) -> list[int]:
 
 
 def _store_rows(root: Path, objects: int, views: int | None) -> tuple[list[np.ndarray], list[str]]:
-    from pretext3d.data.store import decode_images, read_index, read_object
+    from pretext3d.data.store import decode_images, read_index, read_object, store_file
 
     entries = read_index(root)["objects"]
     rows, captions = [], []
     for i in _spread(objects, len(entries)):
-        arrays = read_object(root / entries[i]["file"], ("images_png", "image_offsets"))
+        arrays = read_object(store_file(root, entries[i]["file"]), ("images_png", "image_offsets"))
         total = len(arrays["image_offsets"]) - 1
         images, _ = decode_images(arrays["images_png"], arrays["image_offsets"], list(range(min(views or total, total))))
         rows.append(images)

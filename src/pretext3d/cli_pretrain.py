@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pretext3d.shipped import shipped_recipes
+
 __all__ = ["add_pretrain"]
-
-
-def _shipped_recipes() -> list[str]:
-    # the recipe files beside the package (config.shipped_recipes, without importing torch for --help)
-    return sorted(p.stem for p in (Path(__file__).resolve().parent / "recipes").glob("*.yaml"))
 
 
 def add_pretrain(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +20,7 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
         "Several processes: torchrun --nproc_per_node=N -m pretext3d.cli pretrain ...",
     )
     p.add_argument("--recipe", required=True, help="recipe YAML (configs/*.yaml), or a shipped recipe's name "
-                   f"({', '.join(_shipped_recipes())})")
+                   f"({', '.join(shipped_recipes())})")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,9 +35,10 @@ from torch.utils.data import Dataset
 from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig
 from pretext3d.pretext import METHODS, MethodSettingsError, method_class
 from pretext3d.pretext import build_method as build_registered_method
+from pretext3d.shipped import RECIPES_DIR, shipped_recipes
 
 __all__ = ["RecipeError", "load_recipe", "shipped_recipes", "RECIPES_DIR", "apply_overrides", "build_method", "build_dataset",
-           "train_config", "DEFAULT_DATA_OPTIONS", "data_needs"]
+           "train_config", "DEFAULT_DATA_OPTIONS", "data_needs", "BUILTIN_STORE"]
 
 def data_needs(method: str, model: dict[str, Any]) -> dict[str, Any]:
     """What the training data must hold for ``method`` built with ``model`` settings (the
@@ -57,6 +59,8 @@ DEFAULT_DATA_OPTIONS: dict[str, Any] = {
     # store made from the built-in shapes for image methods (pretext3d prepare settings)
     "builtin_store": {"views": 8, "image_size": 96, "faces": 512},
 }
+
+BUILTIN_STORE = "builtin-store"  # the run-folder subfolder the built-in shapes are prepared into for image methods
 
 TOP_LEVEL: dict[str, Any] = {
     "method": None, "model": {}, "data": None, "data_options": DEFAULT_DATA_OPTIONS,
@@ -81,6 +85,18 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
+def _refuse_aliases(self: yaml.SafeLoader, parent: Any, index: Any) -> Any:
+    # an alias repeats a node by reference: a few lines of them expand to gigabytes ("billion
+    # laughs") when the recipe is copied or written out; recipes have no use for them
+    if self.check_event(yaml.AliasEvent):
+        raise yaml.composer.ComposerError(None, None, "recipes may not use YAML aliases (*name)",
+                                          self.peek_event().start_mark)
+    return yaml.SafeLoader.compose_node(self, parent, index)
+
+
+_RecipeLoader.compose_node = _refuse_aliases  # type: ignore[method-assign]
+
+
 def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: builds plain data only
 
@@ -89,11 +105,6 @@ class RecipeError(ValueError):
     """A recipe or an override is not valid; the message names the file or the key."""
 
 
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # the shipped recipes (configs/ in the repository)
-
-
-def shipped_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -105,9 +116,13 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{path}: recipe not found (shipped recipes: {', '.join(shipped_recipes())})")
     try:
-        raw = _parse_yaml(path.read_text()) or {}
+        raw = _parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise RecipeError(f"{path}: cannot be read ({err.strerror or err})") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of keys to values, got {type(raw).__name__}")
     try:
@@ -171,19 +186,88 @@ def _set(recipe: dict[str, Any], parts: list[str], value: Any, key: str, merge: 
     node[last] = {**node[last], **value} if merge and isinstance(node.get(last), dict) and isinstance(value, dict) else value
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _at_least(low: int) -> tuple[Any, str]:
+    meaning = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+    return (lambda v: _integer(v) and v >= low), meaning
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_OPTIONAL_POSITIVE = (lambda v: v is None or (_number(v) and v > 0)), "a positive number or null"
+_SECTION = (lambda v: isinstance(v, dict)), "a mapping"
+# every recipe value with what it must be: checked before any work (a value is wrong at once,
+# not after minutes of setup)
+VALUE_RULES: dict[str, tuple[Any, str]] = {
+    "model": _SECTION,
+    "data": ((lambda v: v is None or (isinstance(v, str) and v.strip() != "")), "a path, a 'builtin:...' spec or null"),
+    "steps": ((lambda v: v is None or (_integer(v) and v >= 0)), "a non-negative integer or null"),
+    "epochs": _OPTIONAL_POSITIVE,
+    "batch_size": _at_least(1),
+    "seed": (_integer, "an integer"),
+    "grad_clip": _OPTIONAL_POSITIVE,
+    "amp": ((lambda v: isinstance(v, bool)), "true or false"),
+    "num_workers": _at_least(0),
+    "log_every": _at_least(1),
+    "checkpoint_every": _at_least(1),
+    "keep_checkpoints": _at_least(1),
+    "device": ((lambda v: isinstance(v, str) and bool(_DEVICE.match(v))), "auto, cpu, cuda, cuda:N or mps"),
+    "tensorboard": ((lambda v: isinstance(v, bool)), "true or false"),
+    "optimizer.name": ((lambda v: v in ("adam", "adamw", "sgd")), "one of adam, adamw, sgd"),
+    "optimizer.lr": ((lambda v: _number(v) and v > 0), "a positive number"),
+    "optimizer.weight_decay": ((lambda v: _number(v) and v >= 0), "a number >= 0"),
+    "optimizer.momentum": ((lambda v: _number(v) and 0 <= v < 1), "a number in [0, 1)"),
+    "optimizer.betas": ((lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v)),
+                        "two numbers in [0, 1)"),
+    "schedule.name": ((lambda v: v in ("cosine", "step", "constant")), "one of cosine, step, constant"),
+    "schedule.warmup_steps": _at_least(0),
+    "schedule.min_lr_ratio": ((lambda v: _number(v) and 0 <= v <= 1), "a number in [0, 1]"),
+    "schedule.step_size": _at_least(1),
+    "schedule.gamma": ((lambda v: _number(v) and v > 0), "a positive number"),
+    "data_options.points": _at_least(1),
+    "data_options.image_size": ((lambda v: v is None or (_integer(v) and v >= 8)), "an integer >= 8 or null"),
+    "data_options.augment": _SECTION,
+    "data_options.image_augment": _SECTION,
+    "data_options.builtin": _SECTION,
+    "data_options.builtin_store": _SECTION,
+}
+
+
+def _value(recipe: dict[str, Any], key: str) -> Any:
+    node: Any = recipe
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def _validate(recipe: dict[str, Any]) -> None:
+    """Every value of ``VALUE_RULES`` and the method's name, before any work."""
     if recipe["method"] not in METHODS:  # the registry of pretext3d.pretext (methods register themselves)
         raise RecipeError(f"method must be one of {', '.join(METHODS)}, got {recipe['method']!r}")
-    if not isinstance(recipe["batch_size"], int) or recipe["batch_size"] < 1:
-        raise RecipeError(f"batch_size must be a positive integer, got {recipe['batch_size']!r}")
+    for key, (check, meaning) in VALUE_RULES.items():
+        value = _value(recipe, key)
+        if not check(value):
+            raise RecipeError(f"{key} must be {meaning}, got {value!r}")
     if recipe["steps"] is None and recipe["epochs"] is None:
         raise RecipeError("give steps or epochs")
-    if recipe["steps"] is not None and (not isinstance(recipe["steps"], int) or recipe["steps"] < 0):
-        raise RecipeError(f"steps must be a non-negative integer, got {recipe['steps']!r}")
-    if recipe["epochs"] is not None and (not isinstance(recipe["epochs"], (int, float)) or recipe["epochs"] <= 0):
-        raise RecipeError(f"epochs must be a positive number, got {recipe['epochs']!r}")
-    if not isinstance(recipe["seed"], int):
-        raise RecipeError(f"seed must be an integer, got {recipe['seed']!r}")
+    _check_augmentations(recipe["data_options"])
+
+
+def _check_augmentations(options: dict[str, Any]) -> None:
+    """The augmentation sections name fields of PointAugment / ImageAugment."""
+    from pretext3d.data.multimodal import ImageAugment, PointAugment
+
+    for section, cls in (("augment", PointAugment), ("image_augment", ImageAugment)):
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in options[section] if k not in known]
+        if unknown:
+            raise RecipeError(f"unknown recipe key data_options.{section}.{unknown[0]}; known: {', '.join(known)}")
 
 
 def train_config(recipe: dict[str, Any], dataset_size: int) -> TrainConfig:
@@ -238,7 +322,7 @@ def build_dataset(recipe: dict[str, Any], work_dir: Path, log=print, prepare_sto
     data = recipe["data"]
     builtin = builtin_spec(**options["builtin"])
     if data is None and store_needed:
-        store = work_dir / "builtin-store"
+        store = work_dir / BUILTIN_STORE
         data = str(_builtin_store(builtin, options, store, log) if prepare_store else store)
     if data is not None and (Path(data) / "store.json").is_file():
         if needs["mesh"] and _store_kind(Path(data)) != "mesh":

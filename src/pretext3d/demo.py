@@ -12,12 +12,10 @@ from typing import Callable
 from pretext3d.data.builtin import builtin_spec
 from pretext3d.eval.protocols import LinearSVMConfig, run_linear_svm
 from pretext3d.pretraining import pretrain
+from pretext3d.shipped import DEMO_METHODS
 from pretext3d.utils.io import atomic_write_json
 
 __all__ = ["DEMO_METHODS", "DemoConfig", "run_demo", "format_demo"]
-
-# method -> the shipped recipe the demo pretrains it with
-DEMO_METHODS = {"parae": "parae_cpu", "crosspoint": "crosspoint_cpu"}
 
 
 @dataclass
@@ -55,7 +53,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> str:
                      f"data_options.builtin={{train: {cfg.train}, test: {cfg.test}, seed: {cfg.seed}}}", *cfg.overrides]
         log(f"[demo] pretraining with {method} ({DEMO_METHODS[method]}, {cfg.steps} steps) into {run}")
         summary = pretrain(DEMO_METHODS[method], run, overrides, resume=(run / "recipe.json").exists(), log=log)
-        report = run_linear_svm(LinearSVMConfig(checkpoint=str(run), **common), log=log)
+        report = run_linear_svm(LinearSVMConfig(backbone=None, checkpoint=str(run), **common), log=log)
         atomic_write_json(out / f"linear_svm_{method}.json", report)
         rows.append((f"{method} {cfg.steps} steps", report, summary))
     return format_demo(rows, time.perf_counter() - start, out)

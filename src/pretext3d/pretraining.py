@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from pretext3d.config import RecipeError, apply_overrides, build_dataset, build_method, complete, load_recipe, train_config
+from pretext3d.engine.checkpoint import training_checkpoints
 from pretext3d.engine.trainer import Trainer
-from pretext3d.utils.device import finish_distributed, init_distributed, rank_and_world, rank_zero_first
+from pretext3d.utils.device import finish_distributed, init_distributed, rank_and_world, rank_zero_first, resolve_device
 from pretext3d.utils.io import atomic_write_json
+from pretext3d.utils.lock import folder_lock
 
 __all__ = ["pretrain", "check_run_folder", "FREE_ON_RESUME"]
 
@@ -28,12 +31,21 @@ __all__ = ["pretrain", "check_run_folder", "FREE_ON_RESUME"]
 FREE_ON_RESUME = frozenset({"log_every", "tensorboard", "num_workers", "checkpoint_every", "keep_checkpoints", "device"})
 
 
+def _started(out: Path) -> bool:
+    """Whether a run in ``out`` got as far as a checkpoint or its exported backbone (a start that
+    failed before that left nothing a new start could lose)."""
+    return (out / "backbone.safetensors").exists() or bool(training_checkpoints(out))
+
+
 def check_run_folder(out: Path, recipe: dict[str, Any], resume: bool) -> None:
-    """A new run needs a fresh folder; a resumed one the recipe it was started with (up to
-    ``FREE_ON_RESUME`` keys)."""
+    """A new run needs a fresh folder (or one whose earlier start failed before its first
+    checkpoint); a resumed one the recipe it was started with (up to ``FREE_ON_RESUME`` keys)."""
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"{out}: exists and is not a folder; --out names the run folder")
     saved = out / "recipe.json"
-    if saved.exists() and not resume:
-        raise RecipeError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
+    if saved.exists() and not resume and _started(out):
+        raise RecipeError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out "
+                          "(or delete the folder to start it over)")
     if resume and saved.exists():
         before, now = json.loads(saved.read_text()), json.loads(json.dumps(recipe))
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in FREE_ON_RESUME)
@@ -66,20 +78,33 @@ def pretrain(recipe: str | Path | Mapping[str, Any], out: str | Path, overrides:
     out = Path(out)
     init_distributed()
     rank, _ = rank_and_world()
+    resolve_device(settings["device"])  # a device this machine lacks is an error now, not after the setup
     check_run_folder(out, settings, resume)
-    with rank_zero_first():  # every process has checked the folder before rank 0 writes to it
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out / "recipe.json", settings)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    # rank 0 holds the folder's lock for the whole run: a second run into it is refused at once
+    # (under torchrun the other processes are the same run)
+    with folder_lock(out) if rank == 0 else nullcontext():
+        check_run_folder(out, settings, resume)  # again, under the lock
+        summary = _train(settings, recipe, out, overrides, resume, rank, log)
+    finish_distributed()
+    return {**summary, "rank": rank}
+
+
+def _train(settings: dict[str, Any], recipe: str | Path | Mapping[str, Any], out: Path, overrides: Sequence[str],
+           resume: bool, rank: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Build the method and its data, record recipe.json (only once both are built, so that a
+    start that fails here leaves the folder reusable), and train."""
     torch.manual_seed(settings["seed"])  # the same initial weights in every process and run
     method = build_method(settings)
     with rank_zero_first():  # rank 0 alone prepares the built-in store when one is needed
         dataset = build_dataset(settings, out, log=log if rank == 0 else (lambda m: None), prepare_store=rank == 0)
     config = train_config(settings, len(dataset))
+    with rank_zero_first():  # rank 0 writes the recipe before any process trains
+        if rank == 0:
+            atomic_write_json(out / "recipe.json", settings)
     if rank == 0:
         log(f"{settings['method']}: {len(dataset)} training samples, {config.steps} steps of {config.batch_size}")
     source = "recipe mapping" if isinstance(recipe, Mapping) else str(recipe)
     extra = {"recipe": settings, "recipe_path": source, "overrides": list(overrides)}
-    summary = Trainer(method, dataset, config, out, extra_config=extra, log=log).fit(resume=resume)
-    finish_distributed()
-    return {**summary, "rank": rank}
+    return Trainer(method, dataset, config, out, extra_config=extra, log=log).fit(resume=resume)

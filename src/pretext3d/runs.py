@@ -18,15 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from pretext3d.config import BUILTIN_STORE
 from pretext3d.engine.checkpoint import training_checkpoints
 from pretext3d.models.checkpoint import CheckpointError, LoadedBackbone, checkpoint_architecture
-from pretext3d.models.checkpoint import load_backbone as load_backbone_file
+from pretext3d.models.checkpoint import load_backbone_file
 from pretext3d.pretext import METHODS, MethodSettingsError, PretextMethod, build_method
 from pretext3d.utils.io import file_digest
 from pretext3d.utils.state import load_unique_state_dict
 
-__all__ = ["CheckpointError", "RunMethod", "RunRecord", "read_run", "evaluation_files", "is_run", "run_recipe", "run_checkpoints", "backbone_file", "load_backbone",
-           "backbone_architecture", "load_method", "method_like", "open_method", "recipe_tasks", "BACKBONE_FILE"]
+__all__ = ["CheckpointError", "RunMethod", "RunRecord", "read_run", "evaluation_files", "is_run", "run_recipe",
+           "training_store", "run_checkpoints", "backbone_file", "load_backbone", "backbone_architecture", "load_method",
+           "method_like", "open_method", "recipe_tasks", "BACKBONE_FILE"]
 
 BACKBONE_FILE = "backbone.safetensors"
 
@@ -63,6 +65,13 @@ def recipe_tasks(recipe: dict[str, Any] | None) -> set[str]:
     return {recipe["method"], *(tasks if recipe["method"] == "compose" and isinstance(tasks, dict) else ())}
 
 
+def training_store(run: str | Path, recipe: dict[str, Any]) -> Path:
+    """The prepared store a run trained on: the recipe's ``data``, or, without it, the built-in
+    shapes prepared into the run folder (``config.build_dataset``)."""
+    data = recipe.get("data")
+    return Path(data) if data else Path(run) / BUILTIN_STORE
+
+
 def backbone_file(path: str | Path) -> Path:
     """A checkpoint file as given, or the backbone file a finished run folder holds."""
     path = Path(path)
@@ -75,7 +84,7 @@ def backbone_file(path: str | Path) -> Path:
 
 def load_backbone(path: str | Path, expected: str | None = None, **reference_config: Any) -> LoadedBackbone:
     """Rebuild a backbone from a finished run folder, a pretext3d backbone file or reference
-    weights (see ``models.checkpoint.load_backbone``)."""
+    weights (see ``models.checkpoint.load_backbone_file``)."""
     return load_backbone_file(backbone_file(path), expected, **reference_config)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,10 @@ def load_mesh(path: str | Path) -> Mesh:
     path = Path(path)
     if path.suffix.lower() not in MESH_SUFFIXES:
         raise DataFormatError(path, f"is not a mesh file (expected one of {', '.join(MESH_SUFFIXES)})")
+    if path.is_symlink() and not path.exists():
+        raise DataFormatError(path, "is a symbolic link to a missing file (or a loop of links)")
+    if path.is_dir():
+        raise DataFormatError(path, "is a folder, not a mesh file")
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -85,7 +91,12 @@ def load_mesh(path: str | Path) -> Mesh:
     if path.suffix.lower() == ".off":
         _check_off_header(path, path.read_text(errors="replace"))
     try:
-        loaded = trimesh.load(str(path), force="mesh", process=False)
+        str(path).encode("utf-8")
+        source, options = str(path), {}
+    except UnicodeEncodeError:  # a file name that is not UTF-8: hand trimesh the bytes, not the name
+        source, options = io.BytesIO(path.read_bytes()), {"file_type": path.suffix.lower()[1:]}
+    try:
+        loaded = trimesh.load(source, force="mesh", process=False, **options)
     except Exception as err:  # trimesh raises many types for malformed files
         raise DataFormatError(path, f"could not be parsed ({type(err).__name__}: {err})") from None
     vertices = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64)

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pretext3d.data.errors import DataFormatError
-from pretext3d.data.store import decode_images, read_index, read_object, read_store_settings
+from pretext3d.data.store import decode_images, read_index, read_object, read_store_settings, store_file
 from pretext3d.render.shading import LUMA
 
 __all__ = [
@@ -227,7 +227,7 @@ class MultimodalDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         entry = self.entries[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        path = self.root / entry["file"]
+        path = store_file(self.root, entry["file"])
         try:
             arrays = read_object(path, self._keys)
         except Exception as err:  # a damaged file: name it (zip/npy errors come in many types)

@@ -34,7 +34,7 @@ Subsample = Literal["first", "random", "fps"]
 
 def item_seed(seed: int, key: str) -> int:
     """A stable per-item seed (independent of process, order and Python's hash salt)."""
-    return (zlib.crc32(key.encode()) * 1_000_003 + seed) % (2**32)
+    return (zlib.crc32(key.encode(errors="surrogateescape")) * 1_000_003 + seed) % (2**32)
 
 
 def subsample_indices(points: np.ndarray, n: int, mode: Subsample, seed: int, origin: str = "cloud") -> np.ndarray | slice:

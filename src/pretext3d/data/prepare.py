@@ -7,6 +7,7 @@ skips and reports bad objects, and rewrites index.json at the end.
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -35,12 +36,14 @@ from pretext3d.data.store import (
     read_json,
     read_store_settings,
     records_path,
+    store_file,
     write_index,
     write_store_header,
 )
+from pretext3d.utils.io import naming
 from pretext3d.utils.progress import progress_bar
 
-__all__ = ["PrepareSummary", "parse_shard", "prepare", "verify"]
+__all__ = ["PrepareSummary", "parse_shard", "prepare", "verify", "is_fatal_os_error"]
 
 
 @dataclass
@@ -142,10 +145,29 @@ def _run_alone(obj: SourceObject, initargs: tuple) -> ObjectRecord:
         executor.shutdown(wait=False, cancel_futures=True)
 
 
+# the machine, not the object: a full or read-only disk fails every object alike
+_FATAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def is_fatal_os_error(err: BaseException, store: Path) -> bool:
+    """Whether ``err`` stops the whole job instead of failing one object: a full or read-only
+    disk, or any OSError on a path inside the store being written."""
+    if not isinstance(err, OSError):
+        return False
+    if err.errno in _FATAL_ERRNOS:
+        return True
+    name = err.filename if isinstance(err.filename, str) else None
+    return name is not None and Path(name).resolve().is_relative_to(store.resolve())
+
+
 def _run_one(obj: SourceObject) -> ObjectRecord:
     start = time.perf_counter()
     try:
         return prepare_object(_worker["source"], obj, _worker["settings"], _worker["root"])
+    except OSError as err:
+        if is_fatal_os_error(err, _worker["root"]):
+            raise  # stops the job with one clear message; the object is not recorded, a re-run redoes it
+        return ObjectRecord(obj.key, "failed", reason=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - start)
     except DataFormatError as err:
         return ObjectRecord(obj.key, "failed", reason=str(err), seconds=time.perf_counter() - start)
     except Exception as err:  # one broken object must not stop the batch: report it and go on
@@ -202,8 +224,11 @@ def prepare(
         results = _run_in_processes(todo, workers, (source, settings, root, 1))
     with open(records_file, "a") as log:
         for record in progress_bar(results, total=len(todo), desc="prepare", unit="obj", enabled=progress):
-            log.write(json.dumps({**asdict(record), "time": time.time()}) + "\n")
-            log.flush()
+            try:
+                log.write(json.dumps({**asdict(record), "time": time.time()}) + "\n")
+                log.flush()
+            except OSError as err:  # a torn last line is ignored by read_records
+                raise naming(err, records_file) from None
             if record.status == "done":
                 done += 1
                 views += record.present.get("views", 0)
@@ -277,7 +302,7 @@ def verify(out: str | Path, reindex: bool = False, progress: bool = True) -> dic
     fresh = build_index(root)
     problems: list[tuple[str, str]] = [(d["key"], f"{d['file']} {d['reason']}") for d in fresh["damaged"]]
     for entry in progress_bar(fresh["objects"], desc="verify", unit="obj", enabled=progress):
-        file_problems = _check_object(root / entry["file"], entry, settings, config.get("kind") == "mesh")
+        file_problems = _check_object(store_file(root, entry["file"]), entry, settings, config.get("kind") == "mesh")
         problems.extend((entry["key"], f"{entry['file']} {p}") for p in file_problems)
     index_file = root / "index.json"
     on_disk = read_json(index_file, "index") if index_file.exists() else None

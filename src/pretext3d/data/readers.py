@@ -26,6 +26,7 @@ sampling, normalised to the unit sphere). Pre-sampled files keep their first N p
 from __future__ import annotations
 
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -470,8 +471,15 @@ def _mesh_files(path: Path) -> tuple[list[str], list[tuple[Path, str, str | None
     """Class names and (file, class, split or None) for ``<class>/...`` or ``{train,test}/<class>/...``."""
 
     def meshes_under(folder: Path) -> list[Path]:
-        return sorted((f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in MESH_SUFFIXES),
-                      key=lambda f: str(f.relative_to(folder)))
+        # every entry named like a mesh file, readable or not (a dangling link, a folder called
+        # x.off: reading them names the problem); os.walk does not follow links, so a link loop
+        # cannot trap it
+        found = []
+        for here, folders, files in os.walk(folder):
+            folders[:] = [d for d in folders if not d.startswith(".") and not d.lower().endswith(MESH_SUFFIXES)]
+            found.extend(Path(here, name) for name in [*files, *os.listdir(here)]
+                         if name.lower().endswith(MESH_SUFFIXES))
+        return sorted(set(found), key=lambda f: str(f.relative_to(folder)))
 
     top = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     found: list[tuple[Path, str, str | None]] = []
@@ -490,6 +498,14 @@ def _mesh_files(path: Path) -> tuple[list[str], list[tuple[Path, str, str | None
     return classes, found
 
 
+def _readable_file(path: Path) -> bool:
+    """A regular file (through links) that is not empty: what the every-fifth-file split counts."""
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:  # a link loop
+        return False
+
+
 def _read_mesh_folder(path: Path, num_points: int, seed: int, on_error: OnError,
                       modelnet_layout: bool) -> dict[str, PointCloudDataset]:
     classes, found = _mesh_files(path)
@@ -501,9 +517,11 @@ def _read_mesh_folder(path: Path, num_points: int, seed: int, on_error: OnError,
         if split is None:
             if modelnet_layout:
                 continue
-            # no split in the path: every fifth file of a class (in path order) is a test file
-            position[cls] = position.get(cls, -1) + 1
-            split = "test" if position[cls] % 5 == 4 else "train"
+            if not _readable_file(f):  # kept so that reading it reports it; it moves no good file to another split
+                split = "train"
+            else:  # no split in the path: every fifth readable file of a class (in path order) is a test file
+                position[cls] = position.get(cls, -1) + 1
+                split = "test" if position[cls] % 5 == 4 else "train"
         per_split[split].append((f, classes.index(cls)))
     out = {}
     for split, items in per_split.items():

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from pretext3d.render.shading import Views
 
 __all__ = [
+    "store_file",
     "STORE_FORMAT",
     "normalize_object",
     "render_views",
@@ -100,9 +101,28 @@ class ObjectRecord:
 
 def object_path(root: Path, key: str) -> Path:
     """objects/<split>/<name>.npz with the name percent-encoded ('chair/1a2b' -> 'chair%2F1a2b'),
-    so that distinct keys never share a file."""
+    so that distinct keys never share a file (and no key reaches outside objects/)."""
     split, _, name = key.partition("/")
-    return root / "objects" / split / f"{quote(name, safe='')}.npz"
+    if split in ("", ".", "..") or not name:
+        raise DataFormatError(root / "manifest.json", f"lists the object key {key!r}, not <split>/<name>")
+    def encoded(part: str) -> str:  # a name that is not UTF-8 keeps its bytes (surrogate escapes)
+        return quote(part.encode("utf-8", "surrogateescape"), safe="")
+
+    return root / "objects" / encoded(split) / f"{encoded(name)}.npz"
+
+
+def store_file(root: Path, relative: str) -> Path:
+    """The object file an index entry names, which must lie inside the store's objects/ folder
+    (no absolute path, no '..', no symlink out): a damaged or edited index cannot make a reader
+    open anything else."""
+    candidate = Path(str(relative))
+    objects = (root / "objects").resolve()
+    inside = (not candidate.is_absolute() and ".." not in candidate.parts and candidate.parts[:1] == ("objects",)
+              and (root / candidate).resolve().is_relative_to(objects))
+    if not inside:
+        raise DataFormatError(root / "index.json", f"names the file {str(relative)!r}, which is not inside the store's "
+                              "objects/ folder (a damaged or edited index: run `pretext3d verify --reindex`)")
+    return root / candidate
 
 
 # --- images ----------------------------------------------------------------------------------
@@ -288,6 +308,9 @@ def read_records(root: Path) -> dict[str, dict]:
     return {k: v for k, (_, v) in latest.items()}
 
 
+_HOLDS = ("points", "views", "mesh", "depth", "renderer")  # what index.json says of each present object
+
+
 def _describe_file(file: Path) -> dict:
     """What an object file holds (for objects whose record was lost)."""
     arrays = read_object(file, ("points", "image_offsets", "mesh_features", "depth", "meta"))
@@ -310,6 +333,8 @@ def build_index(root: Path) -> dict:
         record = records.get(entry["key"], {})
         if file.exists():
             holds = record.get("present") if record.get("status") == "done" else None
+            # a record says what a file holds, never which file it is
+            holds = {k: v for k, v in holds.items() if k in _HOLDS} if isinstance(holds, dict) else None
             if holds is None:  # finished, but killed before its record was written
                 try:
                     holds = _describe_file(file)

@@ -41,10 +41,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pretext3d.engine.checkpoint import CHECKPOINT_FORMAT, training_checkpoints
+from pretext3d.engine.checkpoint import CHECKPOINT_FORMAT, remove_unfinished_checkpoints, training_checkpoints
 from pretext3d.engine.sync_bn import convert_batchnorm
 from pretext3d.utils.device import init_distributed, rank_and_world, resolve_device
-from pretext3d.utils.io import atomic_write_json, atomic_write_text
+from pretext3d.utils.io import atomic_write_json, atomic_write_text, save_tensors
 from pretext3d.utils.state import load_unique_state_dict, unique_state_dict
 
 __all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "Trainer", "learning_rate", "batch_indices"]
@@ -201,6 +201,10 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+class _DoesNotFit(Exception):
+    """A sound checkpoint whose weights do not fit the method (not damage: no fallback)."""
+
+
 class Trainer:
     """Trains ``method`` on ``dataset`` for ``config.steps`` steps into ``out``.
 
@@ -214,6 +218,10 @@ class Trainer:
     def __init__(self, method: nn.Module, dataset: Dataset, config: TrainConfig, out: str | Path,
                  collate=None, extra_config: dict | None = None, log=None,
                  validate: Callable[[nn.Module, int], dict[str, float]] | None = None):
+        if not callable(getattr(method, "export_backbone", None)):
+            raise TypeError(f"{type(method).__name__} cannot be trained here: the trainer writes the run's backbone with "
+                            "the method's export_backbone(path, extra) (pretext.PretextMethod and "
+                            "models.checkpoint.ExportsBackbone provide it)")
         self.method, self.dataset, self.config = method, dataset, config
         self.validate = validate
         self.out = Path(out)
@@ -233,8 +241,6 @@ class Trainer:
 
     def _save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler) -> None:
         """Write checkpoints/step-<step>/ under a temporary name, then rename (rank 0 only)."""
-        from safetensors.torch import save_file
-
         if self.rank != 0:
             return
         final = self.out / "checkpoints" / f"step-{step:07d}"
@@ -242,7 +248,7 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         # a tensor shared by several modules (a composed recipe shares its encoders) is stored once
-        save_file(unique_state_dict(model), str(tmp / "model.safetensors"))
+        save_tensors(unique_state_dict(model), tmp / "model.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                     "rng": _rng_state()}, tmp / "state.pt")
         atomic_write_json(tmp / "trainer.json", {"format": CHECKPOINT_FORMAT, "step": step,
@@ -253,20 +259,36 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
 
     def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler) -> int:
-        """Load the newest complete checkpoint; returns the step to continue from (0: none)."""
+        """Load the newest checkpoint that loads whole; returns the step to continue from (0:
+        none). A damaged newer checkpoint is reported and the next older one is tried."""
+        if self.rank == 0:
+            for name in remove_unfinished_checkpoints(self.out):
+                self.log(f"removed {name}: a checkpoint a killed run did not finish writing")
+        for folder in reversed(self._checkpoints()):
+            try:
+                return self._load_checkpoint(folder, model, optimizer, scaler)
+            except _DoesNotFit as err:
+                raise ValueError(f"{folder}: {err.args[0]} (was the run started with another recipe?)") from None
+            except Exception as err:  # safetensors, torch.load and JSON raise many types for damaged files
+                self.log(f"checkpoint {folder} is damaged ({type(err).__name__}: {err}); trying the one before it")
+        return 0
+
+    def _load_checkpoint(self, folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler) -> int:
+        """Read every part first, then set the state (a damaged part changes nothing)."""
         from safetensors.torch import load_file
 
-        checkpoints = self._checkpoints()
-        if not checkpoints:
-            return 0
-        latest = checkpoints[-1]
-        load_unique_state_dict(model, load_file(str(latest / "model.safetensors"), device=str(self.device)))
-        state = torch.load(latest / "state.pt", map_location=self.device, weights_only=True)
+        step = int(json.loads((folder / "trainer.json").read_text())["step"])
+        weights = load_file(str(folder / "model.safetensors"), device=str(self.device))
+        state = torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
+        try:
+            load_unique_state_dict(model, weights)
+        except ValueError as err:
+            raise _DoesNotFit(str(err)) from None
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         _set_rng_state({**state["rng"], "torch": state["rng"]["torch"].cpu()})
-        return int(json.loads((latest / "trainer.json").read_text())["step"])
+        return step
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -404,9 +426,8 @@ class Trainer:
         if self.rank != 0:
             return
         method = self.method
-        if hasattr(method, "export_backbone"):  # the method interface: see models.checkpoint.ExportsBackbone
-            method.export_backbone(self.out / "backbone.safetensors",
-                                   extra={"method": type(method).__name__, "steps": self.config.steps})
+        method.export_backbone(self.out / "backbone.safetensors",  # the method interface (ExportsBackbone)
+                               extra={"method": type(method).__name__, "steps": self.config.steps})
         atomic_write_json(self.out / "config.json", {"train": asdict(self.config), **self.extra_config,
                                                      "backbone": method.backbone_name,
                                                      "backbone_config": method.backbone_config,

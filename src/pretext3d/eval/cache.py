@@ -56,7 +56,7 @@ def data_fingerprint(path: str | Path, fmt: str) -> str:
         h = hashlib.sha256(variant.encode())
         for split in sorted(files):
             st = files[split].stat()
-            h.update(f"{split}|{files[split].resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(f"{split}|{files[split].resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
         return h.hexdigest()
     p = Path(path)
     if p.is_file() and fmt == "ply_hdf5":
@@ -66,7 +66,8 @@ def data_fingerprint(path: str | Path, fmt: str) -> str:
     h = hashlib.sha256()
     for f in sorted(q for q in p.rglob("*") if q.is_file()):
         st = f.stat()
-        h.update(f"{f.relative_to(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        # file names that are not UTF-8 arrive as surrogate escapes: hash their bytes
+        h.update(f"{f.relative_to(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
     return h.hexdigest()
 
 

@@ -41,7 +41,7 @@ from pretext3d.models.checkpoint import ExportsBackbone
 from pretext3d.models.layers import PointwiseBlock
 from pretext3d.runs import backbone_file, load_backbone
 from pretext3d.utils.device import rank_and_world, resolve_device
-from pretext3d.utils.io import atomic_path, atomic_write_json
+from pretext3d.utils.io import atomic_path, atomic_write_json, save_tensors
 
 __all__ = [
     "FinetuneConfig",
@@ -325,16 +325,18 @@ def _labels_of(dataset: Dataset) -> np.ndarray:
     return np.asarray(dataset.labels)  # type: ignore[attr-defined]
 
 
-def load_finetune_backbone(cfg: WeightsOptions, seed: int) -> tuple[nn.Module, str, dict[str, Any], str]:
+def load_finetune_backbone(cfg: WeightsOptions, seed: int, architecture: tuple[str, dict[str, Any]] | None = None
+                           ) -> tuple[nn.Module, str, dict[str, Any], str]:
     """(backbone, its registry name, its config, where its weights come from) of the weights
-    options: the checkpoint's, or a random init seeded with ``seed``."""
-    cfg.check_weights()
+    options: the checkpoint's, or a random init seeded with ``seed`` of ``architecture`` (name,
+    config) when the caller resolved it (default: ``cfg.architecture()``)."""
     if cfg.checkpoint:
         path = backbone_file(cfg.checkpoint)
         loaded = load_backbone(path, expected=cfg.backbone)
         return loaded.model, loaded.backbone, dict(loaded.config), str(path)
-    name, config = cfg.architecture()
-    assert name is not None  # check_weights: a random init has a backbone or like
+    name, config = architecture or cfg.architecture()
+    if name is None:
+        raise ValueError("random init needs a backbone name (--backbone) or an architecture to copy (--like)")
     torch.manual_seed(seed)
     return build_backbone(name, **(config or {})), name, dict(config or {}), "random-init"
 
@@ -356,8 +358,6 @@ class BestKeeper:
         self.best = json.loads(record.read_text()) if record.exists() else None  # a resumed run keeps its best
 
     def __call__(self, model: nn.Module, step: int) -> dict[str, float]:
-        from safetensors.torch import save_file
-
         values = self.score(model)
         scalar = {k: v for k, v in values.items() if isinstance(v, float)}
         if self.best is None or values[self.key] > self.best[self.key]:
@@ -365,17 +365,18 @@ class BestKeeper:
             if rank_and_world()[0] == 0:  # every process scores the same split; one writes
                 state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
                 with atomic_path(self.out / "best.safetensors") as tmp:
-                    save_file(state, str(tmp))
+                    save_tensors(state, tmp)
                 atomic_write_json(self.out / "best.json", self.best)
         return scalar
 
 
 def _one_run(cfg: FinetuneConfig, splits: dict[str, Dataset], category_parts, num_outputs: int, fraction: float,
-             mode: str, out: Path, device: torch.device, log) -> dict[str, Any]:
+             mode: str, out: Path, device: torch.device, log, architecture: tuple[str, dict[str, Any]] | None
+             ) -> dict[str, Any]:
     train_all = splits["train"]
     rows = label_fraction(np.arange(len(train_all)), _labels_of(train_all), fraction, cfg.seed)
     train = Subset(train_all, rows.tolist())
-    backbone, name, config, source = load_finetune_backbone(cfg, cfg.seed)
+    backbone, name, config, source = load_finetune_backbone(cfg, cfg.seed, architecture)
     if cfg.random_init:  # untrained BatchNorm statistics would scale features badly, frozen or not
         calibrate_batchnorm(backbone, train, cfg.bn_calibration_clouds, min(cfg.batch_size, max(2, len(train))),
                             cfg.seed, device, progress=False)
@@ -410,6 +411,10 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
             raise ValueError(f"mode must be 'frozen' or 'unfrozen', got {mode!r}")
     cfg.check_weights()
     device = resolve_device(cfg.device)
+    architecture = None
+    if cfg.random_init:  # resolved once, before the data are read (a wrong --like fails at once)
+        name, config = cfg.architecture()
+        architecture = (name, dict(config or {}))
     splits, category_parts, num_outputs = _open_task_splits(cfg)
     start = time.perf_counter()
     key = _scorer(cfg, category_parts, device)[0]
@@ -419,7 +424,8 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
             for mode in cfg.modes:
                 out = root / f"{cfg.task}_{mode}_{fraction:g}"
                 log(f"[finetune] {cfg.task}, {mode} backbone, {100 * fraction:g}% of the labels -> {out}")
-                runs.append(_one_run(cfg, splits, category_parts, num_outputs, fraction, mode, out, device, log))
+                runs.append(_one_run(cfg, splits, category_parts, num_outputs, fraction, mode, out, device, log,
+                                     architecture))
                 log(f"[finetune] test {key} {100 * runs[-1]['test'][key]:.2f}% (selected at step "
                     f"{runs[-1]['selected']['step']} on validation)")
     return {
@@ -433,6 +439,7 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
         "label_fractions": "per class ceil(fraction x n), at least 1, from a seeded order (nested across fractions)",
         "augmentation": "anisotropic scale [2/3, 3/2] and shift [-0.2, 0.2] per axis (DGCNN)",
         "runs": runs,
+        "random_init_architecture": {"backbone": architecture[0], "config": architecture[1]} if architecture else None,
         "device": str(device),
         "seconds": time.perf_counter() - start,
         "config": config_record(cfg),

@@ -77,6 +77,11 @@ class StoreProtocolConfig(WeightsOptions, CacheOptions, RuntimeOptions):
     image_size: int | None = None
     batch_size: int = 16
 
+    def __post_init__(self) -> None:
+        if self.random_init and self.checkpoint and not self.like:  # the earlier form: the run as checkpoint
+            self.like, self.checkpoint = self.checkpoint, None
+        super().__post_init__()
+
 
 @dataclass
 class ModalityEncoders:

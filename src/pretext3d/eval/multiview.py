@@ -54,11 +54,6 @@ class MultiviewConfig(StoreProtocolConfig):
             raise ValueError("multiview builds a bare ResNet for --random-init: name it with --backbone, not --like")
         super().check_weights()
 
-    def method_run(self) -> str:  # the run's image encoder; backbone names a ResNet, checked by store_image_encoders
-        if not self.checkpoint:
-            raise ValueError("multiview reads a run's image encoder only with --checkpoint RUN")
-        return self.checkpoint
-
 
 def store_image_encoders(cfg: MultiviewConfig, space: str = "encoder") -> tuple[ModalityEncoders, dict | None]:
     """The image encoder ``cfg`` names (and the run's recipe, when it is a run)."""

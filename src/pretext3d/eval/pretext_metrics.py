@@ -36,7 +36,7 @@ from pretext3d.eval.protocols import config_record
 from pretext3d.runs import open_method
 from pretext3d.utils.device import resolve_device
 
-__all__ = ["PretextConfig", "Pairs", "balanced_pairs", "best_threshold", "pair_distances", "run_pretext", "find_pair_classifier",
+__all__ = ["PretextConfig", "Pairs", "balanced_pairs", "best_threshold", "pair_distances", "run_pretext",
            "format_pretext"]
 
 
@@ -111,12 +111,6 @@ def _distance_summary(train: np.ndarray, train_same: np.ndarray, test: np.ndarra
             "accuracy": float(np.mean((test <= threshold) == test_same))}
 
 
-def find_pair_classifier(method: nn.Module) -> nn.Module | None:
-    """The method's pair classifier, as it declares it (CMCV's F_f, itself or as a composed
-    recipe's task)."""
-    return method.pair_classifier()
-
-
 @torch.no_grad()
 def _classifier_accuracy(fusion: nn.Module, image: np.ndarray, points: np.ndarray, pairs: Pairs,
                          device: torch.device) -> float:
@@ -145,7 +139,7 @@ def run_pretext(cfg: PretextConfig, log: Callable[[str], None] = print) -> dict[
     spaces = {"encoder": encoder_space}
     if method.shared_heads():
         spaces["shared"] = method_encoders(method, "shared", weights_id, source)
-    fusion = find_pair_classifier(method)
+    fusion = method.pair_classifier()
     wanted = ("points", "image") if "points" in encoder_space.modules else ("image",)
     calibrated = None
     if cfg.random_init:  # the shared space's encoders are the same modules, plus their heads

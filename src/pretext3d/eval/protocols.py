@@ -42,6 +42,7 @@ class FeatureConfig(WeightsOptions, CacheOptions, RuntimeOptions):
     random_backbones: ClassVar[tuple[str, ...]] = ("pointnet", "dgcnn")
 
     data: str
+    backbone: str | None = field(default="dgcnn", kw_only=True)  # the feature protocols' own default (WeightsOptions: None)
     num_points: int = 1024
     subsample: str = "first"
     subset: str | None = None

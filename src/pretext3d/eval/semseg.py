@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -382,7 +382,7 @@ def _open_rooms(cfg: SemsegConfig) -> dict[str, SemSegRooms]:
 def _one_run(cfg: SemsegConfig, rooms: dict[str, SemSegRooms], loaded: dict[int, RoomArrays], train_rows: np.ndarray,
              val_rooms: list[tuple[str, np.ndarray, np.ndarray]], inputs: tuple[str, int, str, dict[str, Any]],
              fraction: float, mode: str, out: Path, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
-    features, channels, _, config = inputs
+    features, channels, resolved_name, config = inputs
     classes = rooms["train"].classes
     labelled = label_fraction(train_rows, np.zeros(len(rooms["train"]), dtype=np.int64), fraction, cfg.seed)
     blocks = SemSegBlocks([loaded[int(r)] for r in labelled], cfg.block_size, cfg.num_points, cfg.seed,
@@ -390,8 +390,7 @@ def _one_run(cfg: SemsegConfig, rooms: dict[str, SemSegRooms], loaded: dict[int,
     if len(blocks) < 2:
         raise ValueError(f"the training rooms give {len(blocks)} block(s) per epoch (ceil(points / {cfg.num_points}) "
                          "per room); at least 2 are needed for a batch: use fewer points per block")
-    weights = replace(cfg, random_config=config) if cfg.random_init else cfg  # a random init builds the resolved config
-    backbone, name, backbone_config, source = load_finetune_backbone(weights, cfg.seed)
+    backbone, name, backbone_config, source = load_finetune_backbone(cfg, cfg.seed, (resolved_name, config))
     train_cfg = finetune_schedule(cfg, len(blocks))
     batch, steps = train_cfg.batch_size, train_cfg.steps
     if cfg.random_init:  # untrained BatchNorm statistics would scale features badly, frozen or not

@@ -5,7 +5,7 @@ file format (``checkpoint``). Nothing here knows data sets, methods, training or
 from __future__ import annotations
 
 from pretext3d.models.dgcnn import DGCNN, DGCNNSeg
-from pretext3d.models.checkpoint import CheckpointError, LoadedBackbone, checkpoint_architecture, load_backbone, save_backbone
+from pretext3d.models.checkpoint import CheckpointError, LoadedBackbone, checkpoint_architecture, load_backbone_file, save_backbone
 from pretext3d.models.edgeconv import EdgeConv
 from pretext3d.models.encoders import IMAGE_ENCODERS, image_encoder_module, load_image_weights, mesh_inputs
 from pretext3d.models.layers import EncoderWithHead, PointFeatures, ProjectionHead
@@ -20,7 +20,7 @@ __all__ = [
     "CheckpointError",
     "LoadedBackbone",
     "checkpoint_architecture",
-    "load_backbone",
+    "load_backbone_file",
     "save_backbone",
     "IMAGE_ENCODERS",
     "image_encoder_module",

@@ -22,9 +22,9 @@ from torch import nn
 
 from pretext3d.models.reference import REFERENCES, detect_reference, load_reference, read_state_dict
 from pretext3d.models.registry import build_backbone
-from pretext3d.utils.io import atomic_path
+from pretext3d.utils.io import atomic_path, save_tensors
 
-__all__ = ["CheckpointError", "LoadedBackbone", "ExportsBackbone", "save_backbone", "load_backbone",
+__all__ = ["CheckpointError", "LoadedBackbone", "ExportsBackbone", "save_backbone", "load_backbone_file",
            "checkpoint_architecture", "FORMAT", "REFERENCE_BACKBONES"]
 
 FORMAT = "pretext3d-backbone/1"
@@ -46,14 +46,12 @@ class LoadedBackbone:
 def save_backbone(path: str | Path, model: nn.Module, backbone: str, config: dict[str, Any],
                   extra: dict[str, Any] | None = None) -> Path:
     """Write ``model``'s weights and how to rebuild it (atomically)."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "backbone": backbone, "config": json.dumps(config),
                 "extra": json.dumps(extra or {})}
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        save_tensors(state, tmp, metadata)
     return path
 
 
@@ -93,7 +91,7 @@ def _existing_file(path: str | Path) -> Path:
     return path
 
 
-def load_backbone(path: str | Path, expected: str | None = None, **reference_config: Any) -> LoadedBackbone:
+def load_backbone_file(path: str | Path, expected: str | None = None, **reference_config: Any) -> LoadedBackbone:
     """Rebuild a backbone from a pretext3d backbone file or from reference weights.
 
     expected: the backbone name the caller asked for (an error if the file holds another);

@@ -21,6 +21,7 @@ other file:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Mapping, TypeVar
 
@@ -123,4 +124,5 @@ def build_method(name: str, settings: Mapping[str, Any] | None = None) -> Pretex
     try:
         return cls(**dict(settings or {}))
     except TypeError as err:  # an unknown or missing keyword
-        raise MethodSettingsError(f"{name}: {err}") from None
+        known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        raise MethodSettingsError(f"{name}: {err}; its settings: {', '.join(known)}") from None

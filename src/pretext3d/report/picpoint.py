@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PointHeatmap", "RegionSimilarity", "uses_picpoint", "find_picpoint", "run_store", "region_similarity",
+__all__ = ["PointHeatmap", "RegionSimilarity", "uses_picpoint", "find_picpoint", "region_similarity",
            "upsample_regions", "choose_point", "point_heatmap", "heatmap_figure",
            "picpoint_section"]
 
@@ -102,13 +102,6 @@ def find_picpoint(method: nn.Module) -> nn.Module:
     if found is None:
         raise ValueError(f"{type(method).__name__} holds no Pic@Point task")
     return found
-
-
-def run_store(run: str | Path, recipe: dict) -> Path:
-    """The prepared store a run trained on: recipe "data", or, without it, the built-in shapes
-    prepared into RUN/builtin-store (``config.build_dataset``)."""
-    data = recipe.get("data")
-    return Path(data) if data else Path(run) / "builtin-store"
 
 
 def region_similarity(query: Tensor, keys: Tensor, temperature: float) -> RegionSimilarity:
@@ -280,9 +273,9 @@ def picpoint_section(run: str | Path, recipe: dict, folder: Path, seed: int = 0,
     from pretext3d.data.multimodal import MultimodalDataset
     from pretext3d.data.store import read_store_settings
     from pretext3d.report.figures import embedded_image
-    from pretext3d.runs import CheckpointError, load_method
+    from pretext3d.runs import CheckpointError, load_method, training_store
 
-    store = run_store(run, recipe)
+    store = training_store(run, recipe)
     try:
         settings, _ = read_store_settings(store)
     except DataFormatError as err:

@@ -23,9 +23,18 @@ __all__ = [
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """'auto' -> this process's GPU when CUDA is available (LOCAL_RANK under torchrun), else CPU;
-    any other string is passed to torch.device (cpu, cuda, cuda:<index>, mps, ...)."""
+    any other string is passed to torch.device (cpu, cuda, cuda:<index>, mps, ...), and must name
+    a device this machine has (a ValueError says what it has)."""
     if spec != "auto":
-        return torch.device(spec)
+        try:
+            device = torch.device(spec)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device {spec!r} is not a device name (auto, cpu, cuda, cuda:N, mps)") from None
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if (device.index or 0) >= count:
+                raise ValueError(f"device {spec!r}: this machine has {count} CUDA device(s) (use --device cpu or auto)")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return torch.device("cpu")

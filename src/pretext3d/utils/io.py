@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "file_digest"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "file_digest", "save_tensors",
+           "describe_os_error", "naming",
+           "check_writable"]
 
 
 @contextmanager
@@ -27,9 +31,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         # would get (0666 less the umask)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:
+        raise naming(err, path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def naming(err: OSError, path: str | Path) -> OSError:
+    """``err`` with ``path`` as its file name when it has none (a failed write names no file)."""
+    if err.filename is None and err.errno is not None:
+        return OSError(err.errno, err.strerror, str(path))
+    return err
 
 
 def _umask() -> int:
@@ -61,3 +74,57 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file``, with its I/O failures raised as the OSError they are (a full
+    disk is ENOSPC naming ``path``, not a SafetensorError)."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except OSError:
+        raise
+    except Exception as err:  # safetensors reports I/O as "... (os error N)" or "IoError(Os { code: N, ... })"
+        code = re.search(r"(?:code: |os error )(\d+)", str(err))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from None
+
+
+# what to do about the OS errors a user can meet, by errno
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or write elsewhere; nothing half-written was kept",
+    errno.EROFS: "a read-only file system: write elsewhere",
+    errno.EACCES: "permission denied",
+    errno.EISDIR: "a folder where a file is expected",
+    errno.ENOTDIR: "a file where a folder is expected",
+    errno.EDQUOT: "the disk quota is exceeded",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line naming the path and the problem of an OSError."""
+    where = err.filename if err.filename is not None else "?"
+    if isinstance(where, bytes):
+        where = os.fsdecode(where)
+    reason = err.strerror or str(err)
+    hint = _OS_HINTS.get(err.errno)
+    return f"{where!s}: {reason}" + (f" ({hint})" if hint and hint.lower() != reason.lower() else "")
+
+
+def check_writable(path: str | Path) -> Path:
+    """Make sure a file can be written at ``path`` before any work is done for it: not a folder,
+    its folder made and writable (a probe file is created and removed). Raises the OSError."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file to write", str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    except OSError as err:
+        raise naming(err, path.parent) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
