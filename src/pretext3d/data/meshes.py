@@ -29,7 +29,8 @@ class Mesh:
         if self.vertices.ndim != 2 or self.vertices.shape[1] != 3 or len(self.vertices) == 0:
             raise DataFormatError(origin, "has no vertices")
         if self.faces.ndim != 2 or self.faces.shape[1] != 3 or len(self.faces) == 0:
-            raise DataFormatError(origin, "has no faces")
+            raise DataFormatError(origin, f"has {len(self.vertices)} vertices but no faces (a point cloud? "
+                                  "give point clouds as .npy/.ply/.xyz/.txt, or an npz/h5 data set)")
         if not np.isfinite(self.vertices).all():
             raise DataFormatError(origin, "has NaN or infinite vertex coordinates")
         if self.faces.min() < 0 or self.faces.max() >= len(self.vertices):
@@ -101,7 +102,20 @@ def load_mesh(path: str | Path) -> Mesh:
         raise DataFormatError(path, f"could not be parsed ({type(err).__name__}: {err})") from None
     vertices = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64)
     faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
+    if len(vertices) == 0:  # forcing a mesh drops the vertices of a file without faces: count them for the message
+        vertices = _loose_vertices(trimesh, source, options)
     return Mesh(vertices.reshape(-1, 3), faces).validate(str(path))
+
+
+def _loose_vertices(trimesh, source, options: dict) -> np.ndarray:
+    """The vertices of a file trimesh reads as a point cloud (none when it cannot)."""
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    try:
+        loaded = trimesh.load(source, process=False, **options)
+    except Exception:  # the forced read already failed to find vertices; this only refines the message
+        return np.zeros((0, 3))
+    return np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64)
 
 
 def normalize_mesh(mesh: Mesh) -> tuple[Mesh, np.ndarray, float]:

@@ -41,6 +41,8 @@ from pretext3d.data.store import (
     write_store_header,
 )
 from pretext3d.utils.io import naming
+from pretext3d.utils.lock import folder_lock
+from pretext3d.utils.processes import die_with_parent
 from pretext3d.utils.progress import progress_bar
 
 __all__ = ["PrepareSummary", "parse_shard", "prepare", "verify", "is_fatal_os_error"]
@@ -78,8 +80,11 @@ def parse_shard(text: str) -> tuple[int, int]:
 _worker: dict = {}
 
 
-def _init_worker(source: Source, settings: StoreSettings, root: Path, threads: int) -> None:
+def _init_worker(source: Source, settings: StoreSettings, root: Path, threads: int, parent: int | None = None) -> None:
     import torch
+
+    if parent is not None:  # a pool worker: a killed `prepare` must not leave it running
+        die_with_parent(parent)
 
     torch.set_num_threads(threads)
     _worker.update(source=source, settings=settings, root=root)
@@ -87,13 +92,12 @@ def _init_worker(source: Source, settings: StoreSettings, root: Path, threads: i
 
 def _executor(workers: int, initargs: tuple) -> ProcessPoolExecutor:
     """Worker processes started clean: plain fork would copy this process's OpenGL (llvmpipe)
-    and numba thread pools, whose locks deadlock a forked child. The forkserver (Linux) or
-    spawn starts them from a fresh interpreter; the source travels as its path (see Source)."""
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    if method == "forkserver":
-        context.set_forkserver_preload(["pretext3d.data.prepare", "pretext3d.render"])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs)
+    and numba thread pools, whose locks deadlock a forked child. Spawn starts them from a fresh
+    interpreter as children of this process, so that they die with it (``die_with_parent``; a
+    forkserver between them outlived a killed parent, with its workers); the source travels as
+    its path (see Source)."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(*initargs, os.getpid()))
 
 
 _DIED = "its worker process died while preparing it, twice (killed, or out of memory?)"
@@ -208,6 +212,13 @@ def prepare(
         if stored < settings.points:
             raise DataFormatError(source.path, f"has {stored} points per cloud, fewer than the {settings.points} asked for")
     objects = source.objects()
+    # one process per shard of a store: shards may run side by side, the same shard twice may not
+    with folder_lock(root, f"prepare of shard {shard[0]}/{shard[1]}", f".lock-{shard[0]}-of-{shard[1]}"):
+        return _prepare_shard(source, root, settings, objects, shard, workers, limit, progress, start)
+
+
+def _prepare_shard(source: Source, root: Path, settings: StoreSettings, objects: list[SourceObject],
+                   shard: tuple[int, int], workers: int, limit: int | None, progress: bool, start: float) -> PrepareSummary:
     write_store_header(root, source, settings, objects)
     taken = objects[:limit] if limit else objects
     mine = [o for i, o in enumerate(taken) if i % shard[1] == shard[0]]
@@ -306,6 +317,11 @@ def verify(out: str | Path, reindex: bool = False, progress: bool = True) -> dic
         problems.extend((entry["key"], f"{entry['file']} {p}") for p in file_problems)
     index_file = root / "index.json"
     on_disk = read_json(index_file, "index") if index_file.exists() else None
+    for entry in (on_disk or {}).get("objects", []):  # what readers would open: never outside objects/
+        try:
+            store_file(root, entry.get("file", ""))
+        except DataFormatError as err:
+            problems.append((str(entry.get("key")), str(err)))
     stale = on_disk != fresh
     if stale and reindex and not problems:
         write_index(root)

@@ -170,6 +170,9 @@ def _read_npz(path: Path, num_points: int | None, subsample: Subsample, seed: in
             raise DataFormatError(path, f"is truncated or corrupt ({err})") from None
         except (zipfile.BadZipFile, OSError, EOFError) as err:
             raise DataFormatError(path, f"is truncated or corrupt ({err})") from None
+        except MemoryError as err:  # a header that claims a huge shape
+            raise DataFormatError(path, f"declares an array too large to load ({err}): the file is damaged or not "
+                                  "a point-cloud file") from None
     labels = {split: _integer_labels(path, f"{split}_y", arrays[f"{split}_y"]) for split in SPLITS}
     n_classes = int(max(labels["train"].max(initial=-1), labels["test"].max(initial=-1))) + 1
     classes = _strings(path, "classes", arrays["classes"]) if "classes" in arrays else [f"class_{i}" for i in range(n_classes)]
@@ -201,7 +204,11 @@ def _strings(path: Path, key: str, values: np.ndarray) -> list[str]:
     """A 1-D array of names (str or bytes) as Python strings."""
     if values.ndim != 1:
         raise DataFormatError(path, f"{key} must be a 1-D array of names, got shape {values.shape}")
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()]
+    try:
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()]
+    except UnicodeDecodeError as err:
+        raise DataFormatError(path, f"{key} holds a name that is not UTF-8 text (byte {err.object[err.start]:#04x}); "
+                              "save the names as UTF-8") from None
 
 
 # --- modelnet40_ply_hdf5_2048 ----------------------------------------------------------------

@@ -245,14 +245,18 @@ def object_meta(arrays: dict[str, np.ndarray]) -> dict:
 # --- store-level files ------------------------------------------------------------------------
 
 
-def read_json(path: Path, what: str) -> dict:
-    """A store's JSON file; DataFormatError naming it when it is missing or malformed."""
+def read_json(path: Path, what: str, keys: tuple[str, ...] = ()) -> dict:
+    """A store's JSON object (holding ``keys``); DataFormatError naming the file when it is
+    missing or malformed."""
     if not path.exists():
         raise DataFormatError(path, f"is missing: the store has no {what}")
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataFormatError(path, f"is not valid JSON ({err})") from None
+    if not isinstance(value, dict) or any(k not in value for k in keys):
+        raise DataFormatError(path, f"is not the store's {what} (a JSON object with {', '.join(keys) or 'keys'})")
+    return value
 
 
 def read_store_settings(root: Path) -> tuple[StoreSettings, dict]:
@@ -325,7 +329,9 @@ def build_index(root: Path) -> dict:
     A file that exists but cannot be read (damaged after it was written) is listed under
     "damaged", not "objects": verify reports it; deleting it lets prepare redo it."""
     settings, config = read_store_settings(root)
-    manifest = read_json(root / "manifest.json", "list of objects")["objects"]
+    manifest = read_json(root / "manifest.json", "list of objects", ("objects",))["objects"]
+    if not isinstance(manifest, list) or not all(isinstance(e, dict) and "key" in e and "label" in e for e in manifest):
+        raise DataFormatError(root / "manifest.json", "is not the store's list of objects (entries with key and label)")
     records = read_records(root)
     present, failed, damaged, missing = [], [], [], 0
     for entry in manifest:
@@ -364,4 +370,4 @@ def read_index(root: Path) -> dict:
     path = root / "index.json"
     if not path.exists():
         raise DataFormatError(root, "has no index.json; finish it with `pretext3d prepare` or `pretext3d verify --reindex`")
-    return read_json(path, "index")
+    return read_json(path, "index", ("objects", "classes"))

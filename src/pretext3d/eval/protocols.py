@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Iterator
 import numpy as np
 import torch
 
+from pretext3d.data.errors import DataFormatError
 from pretext3d.data.readers import MESH_FORMATS, detect_format, open_splits
 from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
 from pretext3d.eval.features import Features, calibrate_batchnorm, extract_features
@@ -131,6 +132,7 @@ def iter_split_features(cfg: FeatureConfig) -> Iterator[SplitFeatures]:
     checkpoint_digest = file_digest(cfg.checkpoint) if cfg.checkpoint else None
     for seed in cfg.seeds:
         splits = open_splits(cfg.data, cfg.num_points, cfg.subsample, seed, cfg.subset, on_error="skip", fmt=fmt)
+        check_splits(cfg.data, splits)
         keys = {
             split: FeatureCache.key(weights=_weights_id(cfg, seed, checkpoint_digest), data=data_id, fmt=fmt,
                                     subset=cfg.subset, split=split, points=cfg.num_points, subsample=cfg.subsample,
@@ -145,8 +147,11 @@ def iter_split_features(cfg: FeatureConfig) -> Iterator[SplitFeatures]:
         calibrated = None
         needs_model = any(f is None for f in feats.values())
         if needs_model and cfg.random_init:
-            calibrated = calibrate_batchnorm(model, splits["train"], cfg.bn_calibration_clouds, cfg.batch_size,
-                                             seed, device, cfg.num_workers, normals, progress=cfg.progress)
+            try:
+                calibrated = calibrate_batchnorm(model, splits["train"], cfg.bn_calibration_clouds, cfg.batch_size,
+                                                 seed, device, cfg.num_workers, normals, progress=cfg.progress)
+            except ValueError as err:  # e.g. no readable training cloud: say which data
+                raise DataFormatError(cfg.data, str(err)) from None
         for split, key in keys.items():
             if feats[split] is None:
                 feats[split] = extract_features(model, splits[split], cfg.batch_size, device, cfg.num_workers,
@@ -154,6 +159,19 @@ def iter_split_features(cfg: FeatureConfig) -> Iterator[SplitFeatures]:
                 if cache:
                     cache.put(key, feats[split])
         yield SplitFeatures(seed, feats["train"], feats["test"], splits, info, not needs_model, calibrated, model, fmt, device)
+
+
+def check_splits(data: str, splits: dict[str, Any]) -> None:
+    """Both splits hold clouds, and the training split at least two classes (one line naming
+    the data otherwise, before any work)."""
+    for split in ("train", "test"):
+        if len(splits[split]) == 0:
+            raise DataFormatError(data, f"its {split} split holds no clouds")
+    present = np.unique(np.asarray(splits["train"].labels))
+    if len(present) < 2:
+        names = splits["train"].classes
+        only = names[int(present[0])] if len(present) and int(present[0]) < len(names) else "?"
+        raise DataFormatError(data, f"its train split holds a single class ({only}); classifying needs at least 2")
 
 
 def feature_report(cfg: FeatureConfig, protocol: str, extracted: list[SplitFeatures]) -> dict[str, Any]:

@@ -20,12 +20,12 @@ class FolderBusy(RuntimeError):
 
 
 @contextmanager
-def folder_lock(folder: str | Path, what: str = "run") -> Iterator[None]:
-    """Hold ``folder``'s lock for the block (the folder must exist); FolderBusy at once when
-    another process holds it."""
+def folder_lock(folder: str | Path, what: str = "run", name: str = LOCK_NAME) -> Iterator[None]:
+    """Hold ``folder``'s lock (the file ``name`` in it; the folder must exist) for the block;
+    FolderBusy at once when another process holds it."""
     import fcntl  # POSIX only; imported here so that the package imports on any system
 
-    path = Path(folder) / LOCK_NAME
+    path = Path(folder) / name
     handle = open(path, "a+")
     try:
         try:
