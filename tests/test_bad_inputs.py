@@ -346,13 +346,13 @@ def test_each_bad_output_location_gets_one_clear_line(tmp_path):
     (tmp_path / "a_file").write_text("x")
     cases = [
         (["evaluate", "linear-svm", "--data", str(data), *QUIET_SVM, "--json", str(tmp_path / "a_folder")],
-         "a_folder", "is a folder, not a file to write", 1),
+         "a_folder", "a folder where a file is expected", 1),
         (["evaluate", "linear-svm", "--data", str(data), *QUIET_SVM, "--json", str(tmp_path / "a_file" / "r.json")],
          "a_file", "", 1),
         (["pretrain", "--recipe", "parae_cpu", "--out", str(tmp_path / "a_file")], "a_file", "is not a folder", 2),
         (["prepare", str(data), "--out", str(tmp_path / "a_file"), "--quiet"], "a_file", "", 1),
         (["report", str(tmp_path / "a_folder"), "--out", str(tmp_path / "a_folder")], "a_folder",
-         "is a folder, not a file to write", 1),
+         "a folder where a file is expected", 1),
     ]
     for args, names, problem, expected in cases:
         status, _, err = run_cli(args)

@@ -14,6 +14,7 @@ from pretext3d.cli_options import at_least as _at_least
 from pretext3d.cli_options import log_for
 from pretext3d.cli_prepare import add_prepare, add_render, add_verify
 from pretext3d.cli_pretrain import add_pretrain
+from pretext3d.cli_recipes import add_recipes
 from pretext3d.shipped import DEMO_METHODS
 
 __all__ = ["main", "build_parser"]
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_evaluate(sub)
     add_pretrain(sub)
+    add_recipes(sub)
     _add_data(sub)
     add_prepare(sub)
     add_verify(sub)

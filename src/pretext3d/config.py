@@ -327,6 +327,7 @@ def build_dataset(recipe: dict[str, Any], work_dir: Path, log=print, prepare_sto
     if data is not None and (Path(data) / "store.json").is_file():
         if needs["mesh"] and _store_kind(Path(data)) != "mesh":
             raise RecipeError(f"{data}: {recipe['method']} needs meshes, but this store was prepared from point clouds")
+        _warn_if_incomplete(Path(data), log)
         return MultimodalDataset(
             data, split="train", num_points=options["points"], image_size=options["image_size"],
             point_augment=augment, image_augment=image_augment, views_per_sample=needs["views"],
@@ -339,6 +340,17 @@ def build_dataset(recipe: dict[str, Any], work_dir: Path, log=print, prepare_sto
 
     clouds = open_splits(data or builtin, options["points"], seed=recipe["seed"])["train"]
     return AugmentedClouds(clouds, augment, needs["point_views"], recipe["seed"])
+
+
+def _warn_if_incomplete(root: Path, log) -> None:
+    """Say so when a store is not finished: training would use only the objects present."""
+    from pretext3d.data.store import read_index
+
+    counts = read_index(root)["counts"]
+    if counts.get("missing") or counts.get("damaged"):
+        log(f"warning: {root}: only {counts['present']} of {counts['total']} objects are prepared "
+            f"({counts.get('missing', 0)} not yet, {counts.get('damaged', 0)} damaged); training uses those present. "
+            "Run `pretext3d prepare` again to finish the store, `pretext3d verify` to check it")
 
 
 def _store_kind(root: Path) -> str | None:

@@ -44,7 +44,8 @@ _AXES = {"x": 0, "y": 1, "z": 2}
 
 @dataclass(frozen=True)
 class PointAugment:
-    """Point augmentations; ranges as in DGCNN/CrossPoint. ``rotate``: about the store's up axis."""
+    """Point augmentations; the defaults are DGCNN's ranges (CrossPoint's official code differs: see
+    recipes/crosspoint_dgcnn.yaml). ``rotate``: about the store's up axis."""
 
     rotate: bool = True
     scale: tuple[float, float] = (2.0 / 3.0, 3.0 / 2.0)

@@ -271,7 +271,7 @@ class FinetuneConfig(WeightsOptions, TrainingOptions, RuntimeOptions):
 
     task: str  # "classification" | "partseg"
     data: str
-    label_smoothing: float = 0.2
+    label_smoothing: float | None = None  # classification: None means 0.2 (DGCNN); part segmentation: none
     val_fraction: float = 0.1  # classification: held out of train for model selection
     num_points: int = 1024
     bn_calibration_clouds: int = 1024
@@ -382,7 +382,8 @@ def _one_run(cfg: FinetuneConfig, splits: dict[str, Dataset], category_parts, nu
                             cfg.seed, device, progress=False)
     freeze = mode == "frozen"
     if cfg.task == "classification":
-        model: FineTuned = ShapeClassifier(backbone, name, config, num_outputs, freeze, cfg.label_smoothing)
+        model: FineTuned = ShapeClassifier(backbone, name, config, num_outputs, freeze,
+                                            0.2 if cfg.label_smoothing is None else cfg.label_smoothing)
     else:
         model = PartSegmenter(backbone, name, config, num_outputs, category_parts, freeze)
     key, score = _scorer(cfg, category_parts, device)
@@ -410,6 +411,9 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
         if mode not in ("frozen", "unfrozen"):
             raise ValueError(f"mode must be 'frozen' or 'unfrozen', got {mode!r}")
     cfg.check_weights()
+    if cfg.task == "partseg" and cfg.label_smoothing:  # the category mask makes other parts impossible: no smoothing
+        raise ValueError("part segmentation trains without label smoothing (its logits of parts outside the shape's "
+                         "category are -inf); --label-smoothing applies to finetune-cls only")
     device = resolve_device(cfg.device)
     architecture = None
     if cfg.random_init:  # resolved once, before the data are read (a wrong --like fails at once)

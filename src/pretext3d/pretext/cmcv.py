@@ -1,5 +1,5 @@
-"""Jing et al. (Self-supervised modal and view invariant feature learning, 2020), the image and
-point cloud variant: cross-modality (CM) and cross-view (CV) invariance.
+"""Jing et al. (Self-supervised Feature Learning by Cross-modality and Cross-view Correspondences,
+CVPRW 2021), the image and point cloud variant: cross-modality (CM) and cross-view (CV) invariance.
 
 Networks: F_img, a ResNet-18 (512-d pooled feature); F_p, a DGCNN with EdgeConv widths
 (64, 64, 64, 128), a 512-d per-point layer and a max-pool (512-d); F_f, a classifier
@@ -17,10 +17,12 @@ and the cloud feature q = F_p(P_b):
            over the 3B pairs; CE over the classifier's two logits: a binary cross entropy)
     L    = L_cv + beta * L_cm
 
-What the paper leaves open, and what is done here: the triplet distances are taken between
-L2-normalised image features (``normalize_triplet``; without it the network can meet any margin
-by scaling its features), with FaceNet's margin alpha = 0.2 for unit vectors; beta = 1.
-The exported backbone is F_p.
+Eq. 1 takes the distances between the raw image features (``normalize_triplet=False``, the
+paper recipe; the default True L2-normalises them, since with raw features the network can meet
+any margin by scaling them, and uses unsquared distances; the paper's are squared). The paper
+gives neither alpha nor beta: alpha = 0.2 (FaceNet's margin for unit vectors) and beta = 1 are
+choices; Eq. 2 sums the three pairs of a sample while the code averages over the 3B pairs, so
+``cm_weight=3`` (the paper recipe) is the paper's form with beta = 1. The exported backbone is F_p.
 """
 
 from __future__ import annotations

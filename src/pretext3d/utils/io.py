@@ -119,7 +119,7 @@ def check_writable(path: str | Path) -> Path:
     its folder made and writable (a probe file is created and removed). Raises the OSError."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file to write", str(path))
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
