@@ -25,6 +25,7 @@ def test_every_paper_method_has_a_table_naming_shipped_recipes():
         assert table["paper_recipes"], method
         for name in table["paper_recipes"]:
             assert name in shipped_recipes() and recipe_method(name) == method and not name.endswith("_cpu")
+            assert load_recipe(name)["paper_setting"] is True, name  # a paper recipe says so (and is checked for it)
         for row in table["settings"]:
             assert row["status"] in STATUSES, (method, row["name"])
             assert {"name", "paper", "recipe", "status"} <= set(row), (method, row)
@@ -58,5 +59,6 @@ def test_the_recipes_command_lists_and_shows(capsys):
     status, out, _ = run_cli(["recipes", "show", "parae"])
     assert status == 0 and "method: parae" in out and "fidelity to" in out and "docs/methods/parae.md" in out
     assert fidelity_notes(DEMO_METHODS["parae"]) == []  # a CPU reduction has no paper table of its own
+    assert all(not load_recipe(n)["paper_setting"] for n in shipped_recipes() if n.endswith("_cpu"))
     status, _, err = run_cli(["recipes", "show", "nope"])
     assert status == 2 and "invalid choice" in err

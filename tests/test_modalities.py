@@ -243,3 +243,50 @@ def test_the_shared_space_is_the_encoder_space_through_the_heads(runs):
     derived = through_heads(shared, embed_store(encoder, runs["store"], "test", **kwargs).features)
     for m in direct:
         np.testing.assert_allclose(derived[m], direct[m], rtol=1e-4, atol=1e-5)
+
+
+# --- linear SVM per modality and fused (MIMS's protocol) ------------------------------------------
+
+
+def test_modality_combinations_singles_first():
+    from pretext3d.eval.modality_svm import modality_combinations
+
+    assert modality_combinations(("mesh", "points", "image")) == [
+        ("points",), ("image",), ("mesh",), ("points", "image"), ("points", "mesh"), ("image", "mesh"),
+        ("points", "image", "mesh")]
+
+
+def test_linear_svm_on_each_modality_and_their_concatenation(runs, tmp_path, capsys):
+    from pretext3d.eval.linear_svm import fit_linear_svm
+
+    store, run = str(runs["store"]), str(runs["mims"])
+    out = tmp_path / "svm.json"
+    assert main(["evaluate", "linear-svm", "--data", store, "--checkpoint", run, "--modalities", "points", "image", "mesh",
+                 "--views", "2", "--C", "1", "--points", "128", "--cache-dir", str(runs["cache"]), "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    names = [r["name"] for r in report["results"]]
+    assert names == ["points", "image", "mesh", "points+image", "points+mesh", "image+mesh", "points+image+mesh"]
+    dims = {r["name"]: r["feature_dim"] for r in report["results"]}
+    assert dims["points+image+mesh"] == dims["points"] + dims["image"] + dims["mesh"]
+    assert report["views"]["count"] == 2 and report["views"]["pool"] == "mean"
+    # the fused score is a linear SVM on the concatenated encoder features, the image ones averaged over the 2 views
+    encoders, _ = load_run_encoders(run)
+    train, test = (embed_store(encoders, store, split, ("points", "image"), 128, report["image_size"], use_cache=False,
+                               progress=False)
+                   for split in ("train", "test"))
+    views = view_subset(train.features["image"].shape[1], 2)
+    fused = [np.concatenate([e.features["points"], pool_views(e.features["image"], views, "mean")], 1) for e in (train, test)]
+    expected = fit_linear_svm(fused[0], train.labels, fused[1], test.labels, C=1.0)
+    assert report["results"][3]["accuracy"] == pytest.approx(expected.accuracy)
+    assert "points+image+mesh" in capsys.readouterr().out
+    # the floor: the same method with random weights, calibrated on training objects
+    floor = tmp_path / "floor.json"
+    assert main(["evaluate", "linear-svm", "--data", store, "--random-init", "--like", run, "--modalities", "mesh",
+                 "--points", "128", "--bn-calibration", "8", "--C", "1", "--no-cache", "--json", str(floor), "--quiet"]) == 0
+    assert json.loads(floor.read_text())["bn_calibration"].startswith("random init")
+    assert main(["evaluate", "linear-svm", "--data", store, "--checkpoint", run, "--modalities", "image",
+                 "--seeds", "0", "1", "--quiet"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["evaluate", "linear-svm", "--data", store, "--checkpoint", str(runs["cmcv"]), "--modalities", "mesh",
+                 "--quiet"]) == 2
+    assert "has no mesh encoder" in capsys.readouterr().err

@@ -7,9 +7,11 @@ import json
 import math
 
 import pytest
+import torch
 
 from pretext3d.config import load_recipe
 from pretext3d.fidelity import load_table
+from pretext3d.models import resnet18
 from pretext3d.pretraining import pretrain
 from pretext3d.shipped import fidelity_tables
 
@@ -18,15 +20,53 @@ ONE_STEP = ["steps=1", "batch_size=2", "num_workers=0", "log_every=1", "device=c
             "data_options.builtin={train: 1, test: 1, seed: 0}"]
 
 
+@pytest.fixture(scope="module")
+def resnet18_weights(tmp_path_factory):
+    """A torchvision-layout ResNet-18 weights file (random values: the layout is what is read)."""
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(resnet18(num_classes=1000).state_dict(), path)
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PAPER_RECIPES)
-def test_each_paper_recipe_takes_one_full_size_step(name, tmp_path):
-    summary = pretrain(name, tmp_path / "run", ONE_STEP, log=lambda line: None)
+def test_each_paper_recipe_takes_one_full_size_step(name, tmp_path, resnet18_weights):
+    extra = [f"model.image_weights={resnet18_weights}"] if load_recipe(name)["method"] == "picpoint" else []
+    summary = pretrain(name, tmp_path / "run", [*ONE_STEP, *extra], log=lambda line: None)
     assert summary["steps"] == 1 and math.isfinite(summary["final"]["loss"])
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["train"]["steps"] == 1 and config["train"]["batch_size"] == 2
     shipped = load_recipe(name)
-    assert config["recipe"]["model"] == shipped["model"]  # the real networks, not a reduction
+    assert config["paper_setting"] is True
+    assert {k: v for k, v in config["recipe"]["model"].items() if k != "image_weights"} == \
+        {k: v for k, v in shipped["model"].items() if k != "image_weights"}  # the real networks, not a reduction
     assert config["recipe"]["data_options"]["points"] == shipped["data_options"]["points"]
     assert config["recipe"]["data_options"]["image_size"] == shipped["data_options"]["image_size"]
     assert (tmp_path / "run" / "backbone.safetensors").is_file()
+
+
+def test_picpoint_paper_recipe_needs_its_frozen_image_encoder(tmp_path):
+    from pretext3d.config import RecipeError, apply_overrides
+
+    for name in ("picpoint_dgcnn", "picpoint_pointnext"):
+        with pytest.raises(RecipeError, match="give model.image_weights=PATH .* paper_setting=false"):
+            pretrain(name, tmp_path / name, ONE_STEP, log=lambda line: None)
+        assert not (tmp_path / name / "recipe.json").exists()  # refused before any work
+    variant = apply_overrides(load_recipe("picpoint_dgcnn"), ["paper_setting=false"])
+    assert variant["paper_setting"] is False and variant["model"].get("image_weights") is None
+
+
+def test_evaluations_of_a_variant_say_it_is_not_the_paper_setting(tmp_path):
+    from pretext3d.cli import main
+
+    run = tmp_path / "variant"
+    pretrain("picpoint_dgcnn", run, [*ONE_STEP, "paper_setting=false", "model.backbone_config={k: 8, emb_dims: 64}",
+                                     "data_options.points=256", "data_options.image_size=64",
+                                     "data_options.builtin_store={views: 2, image_size: 64, faces: 64}"],
+             log=lambda line: None)
+    assert json.loads((run / "config.json").read_text())["paper_setting"] is False
+    out = tmp_path / "svm.json"
+    assert main(["evaluate", "linear-svm", "--data", "builtin:seed=0,train=2,test=1", "--checkpoint", str(run),
+                 "--points", "256", "--C", "1", "--no-cache", "--quiet", "--json", str(out)]) == 0
+    weights_run = json.loads(out.read_text())["config"]["weights_run"]
+    assert weights_run["run"] == str(run) and weights_run["paper_setting"] is False and weights_run["method"] == "picpoint"

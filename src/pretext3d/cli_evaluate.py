@@ -63,15 +63,56 @@ def _add_linear_svm(sub: argparse._SubParsersAction) -> None:
     _add_svm_arguments(p, "0.001 0.01 0.1 1 10")
     p.add_argument("--svm", choices=["svc", "linearsvc"], default="svc", help="sklearn SVC(kernel='linear') (published) or LinearSVC")
     p.add_argument("--standardize", action="store_true", help="standardise features before the SVM (not the published protocol)")
+    _add_store_modalities(p, "each modality of a prepared store and their concatenation (MIMS: mesh, image, "
+                             "point and fused features)",
+                          "embed these modalities of a store with the run's encoders: an SVM on each, and on "
+                          "every combination concatenated")
     p.set_defaults(func=_cmd_linear_svm)
+
+
+def _add_store_modalities(p: argparse.ArgumentParser, title: str, help_text: str) -> argparse._ArgumentGroup:
+    """--modalities (and the view options) of a protocol that also reads a store's modalities."""
+    store = p.add_argument_group(f"{title} (--data STORE, --checkpoint RUN or --random-init --like RUN)")
+    store.add_argument("--modalities", nargs="+", choices=["points", "image", "mesh"], help=help_text)
+    add_view_arguments(store, multiple=False)
+    return store
+
+
+def _refuse_point_options(args: argparse.Namespace, extra: dict[str, bool] | None = None) -> None:
+    """With --modalities, the options of the point-dataset form are errors, not ignored."""
+    point_only = {"--seeds": len(args.seeds) > 1, "--subsample": args.subsample != "first",
+                  "--subset": args.subset is not None, "--k": args.k != 20, "--emb-dims": args.emb_dims != 1024,
+                  **(extra or {})}
+    given = [name for name, used in point_only.items() if used]
+    if given:
+        raise ValueError(f"{', '.join(given)}: options of the point-dataset form, not of --modalities "
+                         "(one seed, test gallery, the store's stored points)")
+
+
+def _refuse_store_options(args: argparse.Namespace) -> None:
+    given = [name for name, value in (("--views", args.views), ("--image-size", args.image_size),
+                                      ("--space", getattr(args, "space", None)), ("--pool", args.pool)) if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} go with --modalities (a store's modalities)")
 
 
 def _cmd_linear_svm(args: argparse.Namespace) -> int:
     from pretext3d.eval.linear_svm import DEFAULT_C_GRID
+
+    C_grid = tuple(args.C_grid or DEFAULT_C_GRID)
+    if args.modalities:
+        from pretext3d.eval.modality_svm import ModalitySVMConfig, format_modality_svm, run_modality_svm
+
+        _refuse_point_options(args, {"--standardize": args.standardize})
+        cfg = ModalitySVMConfig(**store_options(args, seed=args.seeds[0]), modalities=tuple(args.modalities),
+                                views=args.views, pool=args.pool or "mean", C=args.C, C_grid=C_grid, folds=args.folds,
+                                svm=args.svm)
+        return _run_protocol(args, run_modality_svm, cfg, format_modality_svm)
     from pretext3d.eval.protocols import LinearSVMConfig, format_linear_svm, run_linear_svm
 
-    cfg = LinearSVMConfig(**feature_options(args), C=args.C, C_grid=tuple(args.C_grid or DEFAULT_C_GRID),
-                          folds=args.folds, svm=args.svm, standardize=args.standardize)
+    _refuse_store_options(args)
+    cfg = LinearSVMConfig(**feature_options(args), C=args.C, C_grid=C_grid, folds=args.folds, svm=args.svm,
+                          standardize=args.standardize)
     return _run_protocol(args, run_linear_svm, cfg, format_linear_svm)
 
 
@@ -124,15 +165,12 @@ def _add_retrieval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=at_least(1), nargs="+", default=[1, 5, 10], help="k of top-k accuracy and precision@k")
     p.add_argument("--gallery", choices=["test", "train"], default="test",
                    help="test: the other test objects (default); train: the train split")
-    store = p.add_argument_group("within and across the modalities of a prepared store (--data STORE, --checkpoint RUN "
-                                 "or --random-init --like RUN)")
-    store.add_argument("--modalities", nargs="+", choices=["points", "image", "mesh"],
-                       help="retrieve among these modalities of a store: every within-modal pair, and in the shared "
-                       "space every ordered cross-modal pair")
+    store = _add_store_modalities(p, "within and across the modalities of a prepared store",
+                                  "retrieve among these modalities of a store: every within-modal pair, and in the "
+                                  "shared space every ordered cross-modal pair")
     store.add_argument("--space", choices=["shared", "encoder"],
                        help="shared: the method's heads into the space its loss aligns (default); encoder: the encoders' "
                        "outputs (within-modal pairs only)")
-    add_view_arguments(store, multiple=False)
     p.set_defaults(func=_cmd_retrieval)
 
 
@@ -141,21 +179,12 @@ def _cmd_retrieval(args: argparse.Namespace) -> int:
                                           run_retrieval, run_store_retrieval)
 
     if args.modalities:
-        point_only = {"--seeds": len(args.seeds) > 1, "--gallery": args.gallery != "test",
-                      "--subsample": args.subsample != "first", "--subset": args.subset is not None,
-                      "--k": args.k != 20, "--emb-dims": args.emb_dims != 1024}
-        given = [name for name, used in point_only.items() if used]
-        if given:
-            raise ValueError(f"{', '.join(given)}: options of point retrieval on a point dataset, not of --modalities "
-                             "(one seed, test gallery, the store's stored points)")
+        _refuse_point_options(args, {"--gallery": args.gallery != "test"})
         cfg = StoreRetrievalConfig(**store_options(args, seed=args.seeds[0]), modalities=tuple(args.modalities),
                                    space=args.space or "shared", views=args.views, pool=args.pool or "max",
                                    metric=args.metric, ks=tuple(args.top_k))
         return _run_protocol(args, run_store_retrieval, cfg, format_store_retrieval)
-    given = [name for name, value in (("--views", args.views), ("--image-size", args.image_size), ("--space", args.space),
-                                      ("--pool", args.pool)) if value]
-    if given:
-        raise ValueError(f"{', '.join(given)} go with --modalities (retrieval among a store's modalities)")
+    _refuse_store_options(args)
     cfg = RetrievalConfig(**feature_options(args), metric=args.metric, ks=tuple(args.top_k), gallery=args.gallery)
     return _run_protocol(args, run_retrieval, cfg, format_retrieval)
 

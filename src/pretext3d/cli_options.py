@@ -187,7 +187,7 @@ def add_view_arguments(p: argparse._ActionsContainer, multiple: bool) -> None:
     else:
         p.add_argument("--views", type=at_least(1), help="image views pooled per object (default all the store has)")
     p.add_argument("--pool", choices=["max", "mean"], default=None if not multiple else "max",
-                   help="pooling of per-view features (default max, as MVCNN)")
+                   help="pooling of per-view features (default max, as MVCNN; linear-svm: mean, as MIMS)")
     p.add_argument("--image-size", type=at_least(8), help="side the views are fed at (default: the run's training size, "
                    "else the store's)")
 

@@ -38,7 +38,7 @@ from pretext3d.pretext import build_method as build_registered_method
 from pretext3d.shipped import RECIPES_DIR, shipped_recipes
 
 __all__ = ["RecipeError", "load_recipe", "shipped_recipes", "RECIPES_DIR", "apply_overrides", "build_method", "build_dataset",
-           "train_config", "DEFAULT_DATA_OPTIONS", "data_needs", "BUILTIN_STORE"]
+           "train_config", "DEFAULT_DATA_OPTIONS", "data_needs", "BUILTIN_STORE", "check_paper_setting"]
 
 def data_needs(method: str, model: dict[str, Any]) -> dict[str, Any]:
     """What the training data must hold for ``method`` built with ``model`` settings (the
@@ -68,6 +68,7 @@ TOP_LEVEL: dict[str, Any] = {
     "optimizer": dataclasses.asdict(OptimConfig()), "schedule": dataclasses.asdict(ScheduleConfig()),
     "grad_clip": None, "amp": True, "num_workers": 0, "log_every": 10, "checkpoint_every": 500,
     "keep_checkpoints": 2, "device": "auto", "tensorboard": False,
+    "paper_setting": False,  # the recipe claims its paper's setting: the method's conditions are checked
 }
 # sections whose inner keys are checked against these defaults (model's keys are the method's)
 CHECKED_SECTIONS = ("data_options", "optimizer", "schedule")
@@ -219,6 +220,7 @@ VALUE_RULES: dict[str, tuple[Any, str]] = {
     "keep_checkpoints": _at_least(1),
     "device": ((lambda v: isinstance(v, str) and bool(_DEVICE.match(v))), "auto, cpu, cuda, cuda:N or mps"),
     "tensorboard": ((lambda v: isinstance(v, bool)), "true or false"),
+    "paper_setting": ((lambda v: isinstance(v, bool)), "true or false"),
     "optimizer.name": ((lambda v: v in ("adam", "adamw", "sgd")), "one of adam, adamw, sgd"),
     "optimizer.lr": ((lambda v: _number(v) and v > 0), "a positive number"),
     "optimizer.weight_decay": ((lambda v: _number(v) and v >= 0), "a number >= 0"),
@@ -257,6 +259,16 @@ def _validate(recipe: dict[str, Any]) -> None:
     if recipe["steps"] is None and recipe["epochs"] is None:
         raise RecipeError("give steps or epochs")
     _check_augmentations(recipe["data_options"])
+
+
+def check_paper_setting(recipe: dict[str, Any]) -> None:
+    """A recipe that claims its paper's setting (``paper_setting: true``) meets the method's
+    conditions for it (e.g. Pic@Point's pretrained image weights); run before any work, after
+    the overrides (which may supply what is needed, or set paper_setting=false)."""
+    if recipe["paper_setting"]:
+        problems = method_class(recipe["method"]).paper_setting_problems(recipe["model"])
+        if problems:
+            raise RecipeError(problems[0])
 
 
 def _check_augmentations(options: dict[str, Any]) -> None:

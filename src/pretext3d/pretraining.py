@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from pretext3d.config import RecipeError, apply_overrides, build_dataset, build_method, complete, load_recipe, train_config
+from pretext3d.config import (RecipeError, apply_overrides, build_dataset, build_method, check_paper_setting, complete,
+                              load_recipe, train_config)
 from pretext3d.engine.checkpoint import training_checkpoints
 from pretext3d.engine.trainer import Trainer
 from pretext3d.utils.device import finish_distributed, init_distributed, rank_and_world, rank_zero_first, resolve_device
@@ -73,6 +74,7 @@ def pretrain(recipe: str | Path | Mapping[str, Any], out: str | Path, overrides:
     rank."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     settings = _recipe(recipe, overrides)
+    check_paper_setting(settings)
     if settings["tensorboard"]:
         _require_tensorboard()  # in every process, before any of them waits on the others
     out = Path(out)
@@ -106,5 +108,6 @@ def _train(settings: dict[str, Any], recipe: str | Path | Mapping[str, Any], out
     if rank == 0:
         log(f"{settings['method']}: {len(dataset)} training samples, {config.steps} steps of {config.batch_size}")
     source = "recipe mapping" if isinstance(recipe, Mapping) else str(recipe)
-    extra = {"recipe": settings, "recipe_path": source, "overrides": list(overrides)}
+    extra = {"recipe": settings, "recipe_path": source, "overrides": list(overrides),
+             "paper_setting": bool(settings["paper_setting"])}
     return Trainer(method, dataset, config, out, extra_config=extra, log=log).fit(resume=resume)

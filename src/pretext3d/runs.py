@@ -28,7 +28,7 @@ from pretext3d.utils.state import load_unique_state_dict
 
 __all__ = ["CheckpointError", "RunMethod", "RunRecord", "read_run", "evaluation_files", "is_run", "run_recipe",
            "training_store", "run_checkpoints", "backbone_file", "load_backbone", "backbone_architecture", "load_method",
-           "method_like", "open_method", "recipe_tasks", "BACKBONE_FILE"]
+           "method_like", "open_method", "recipe_tasks", "provenance", "BACKBONE_FILE"]
 
 BACKBONE_FILE = "backbone.safetensors"
 
@@ -50,6 +50,25 @@ def run_recipe(run: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{run / 'recipe.json'}: cannot be read ({err})") from None
     recipe["model"] = {k: v for k, v in recipe["model"].items() if k != "image_weights"}
     return recipe
+
+
+def provenance(weights: str | Path | None) -> dict[str, Any] | None:
+    """What evaluation reports say about weights that come from a run folder (the folder itself,
+    or a file inside it): the run, its method and recipe, and whether it ran its paper's setting
+    (a paper recipe run as a variant, e.g. Pic@Point with a trained random image encoder, says
+    False); None for weights from elsewhere."""
+    if weights is None:
+        return None
+    path = Path(weights)
+    folder = path if path.is_dir() else path.parent
+    if not is_run(folder):
+        return None
+    try:
+        recipe = json.loads((folder / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {"run": str(folder), "method": recipe.get("method"), "paper_setting": bool(recipe.get("paper_setting")),
+            "steps": recipe.get("steps"), "epochs": recipe.get("epochs")}
 
 
 def run_checkpoints(run: str | Path) -> list[Path]:

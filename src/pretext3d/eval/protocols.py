@@ -19,7 +19,7 @@ from pretext3d.eval.features import Features, calibrate_batchnorm, extract_featu
 from pretext3d.eval.linear_svm import DEFAULT_C_GRID, fit_linear_svm
 from pretext3d.eval.options import CacheOptions, RuntimeOptions, WeightsOptions
 from pretext3d.models import build_backbone
-from pretext3d.runs import CheckpointError, backbone_file, load_backbone
+from pretext3d.runs import CheckpointError, backbone_file, load_backbone, provenance
 from pretext3d.utils.device import resolve_device
 
 __all__ = ["FeatureConfig", "LinearSVMConfig", "SplitFeatures", "run_linear_svm", "iter_split_features",
@@ -273,8 +273,12 @@ def _report(cfg: LinearSVMConfig, extracted: list[SplitFeatures], per_seed: list
 
 
 def config_record(cfg) -> dict[str, Any]:
-    """A protocol config (a dataclass) as JSON-ready settings, without the progress switch."""
-    return {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    """A protocol config (a dataclass) as JSON-ready settings, without the progress switch, and,
+    when the weights come from a run folder, that run's provenance (``weights_run``: its method
+    and whether it ran its paper's setting)."""
+    record = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    record["weights_run"] = provenance(getattr(cfg, "checkpoint", None) or getattr(cfg, "like", None))
+    return record
 
 
 def format_feature_header(report: dict, title: str) -> list[str]:

@@ -14,7 +14,9 @@ other file:
 * ``task_methods()``: the registered methods it is made of (itself; a composition its tasks);
 * ``backbone``, ``backbone_name``, ``backbone_config``: the exported point (or mesh) network,
   written by ``export_backbone`` (the trainer calls it at the end of a run);
-* optionally ``param_groups()``: per-group learning-rate scales.
+* optionally ``param_groups()``: per-group learning-rate scales;
+* ``paper_setting_problems(settings)``: what a run needs before it may call itself the paper's
+  setting (a recipe with ``paper_setting: true`` is refused before any work otherwise).
 
 ``forward(batch)`` returns ``{"loss": scalar, <part>: scalar, ...}``.
 """
@@ -66,6 +68,12 @@ class PretextMethod(ExportsBackbone, nn.Module):
     def data_needs(cls, settings: Mapping[str, Any]) -> DataNeeds:
         """What the training data must hold for this method built with ``settings``."""
         return cls.needs
+
+    @classmethod
+    def paper_setting_problems(cls, settings: Mapping[str, Any]) -> list[str]:
+        """What keeps ``settings`` from being the paper's setting although a paper recipe claims
+        it (each a sentence saying what is needed); empty by default."""
+        return []
 
     def modality_encoders(self) -> dict[str, nn.Module]:
         """Modality -> encoder: the point backbone and, when the method has one, the image encoder."""

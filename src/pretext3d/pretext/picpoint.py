@@ -40,7 +40,7 @@ What the paper leaves open, and what is done here:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -97,6 +97,16 @@ class PicAtPoint(PretextMethod):
         self.temperature, self.local_samples, self.image_lr_scale = temperature, local_samples, image_lr_scale
         self.use_normals, self.gather_distributed = use_normals, gather_distributed
         self.occlusion = (occlusion_cells, occlusion_tolerance)
+
+    @classmethod
+    def paper_setting_problems(cls, settings: Mapping[str, Any]) -> list[str]:
+        """The paper's premise is a frozen pretrained 2D backbone: its weights must be given."""
+        if settings.get("image_weights"):
+            return []
+        return ["Pic@Point's paper setting freezes an ImageNet-pretrained ResNet-18: give model.image_weights=PATH "
+                "(torchvision's resnet18 weights file on disk, e.g. resnet18-f37072fd.pth), or run the variant that "
+                "trains a randomly initialised image encoder knowingly with paper_setting=false (its run, evaluations "
+                "and reports then say it is not the paper's setting)"]
 
     def shared_heads(self) -> dict[str, str]:
         return {"points": "point_global", "image": "image_global"}

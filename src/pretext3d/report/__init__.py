@@ -90,6 +90,9 @@ def _headline(report: dict) -> list[tuple[str, str]]:
                 for name, r in report["results"].items()]
     if protocol == "retrieval":
         return [(name, _pct(r["mean"])) for name, r in report["results"].items()]
+    if protocol == "modality-svm":
+        return [(f"{r['name']} ({r['feature_dim']}-d)", f"{_pct(r['accuracy'])} (class mean "
+                 f"{_pct(r['class_mean_accuracy'])}, C={r['C']:g})") for r in report["results"]]
     if protocol == "multiview":
         return [(f"{r['views']} view(s), {report['pool']}-pooled", f"{_pct(r['accuracy'])} (class mean "
                  f"{_pct(r['class_mean_accuracy'])}, C={r['C']:g})") for r in report["results"]]
@@ -274,7 +277,10 @@ def make_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[s
     config, recipe, metrics_rows = record_of_run.config, record_of_run.recipe, record_of_run.metrics
     evaluations = find_evaluations(run, cfg.evaluations)
     summary = config.get("summary", {})
+    paper = bool((recipe or {}).get("paper_setting"))
     run_rows = [("run", str(run)), ("method", str((recipe or {}).get("method", "?"))),
+                ("paper's setting", "yes (a paper recipe run as the paper specifies)" if paper else
+                 "no: a reduction or a variant of the paper's setting (see `pretext3d recipes show`)"),
                 ("backbone", f"{config.get('backbone')} {json.dumps(config.get('backbone_config'))}"),
                 ("steps", str(summary.get("steps", ""))), ("training time", f"{summary.get('seconds', 0):.0f} s"),
                 ("final loss parts", json.dumps(summary.get("final", {})))]
