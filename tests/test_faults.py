@@ -232,3 +232,17 @@ def test_kill_9_of_prepare_with_workers_leaves_no_process(tmp_path):
     status, text, err = run_cli(["prepare", "builtin:train=6,test=1", "--out", marker, "--views", "4",
                                  "--image-size", "64", "--quiet"])
     assert status == 0 and "0 failed" in text, err  # the re-run finishes what the killed one started
+
+
+def test_a_run_started_before_a_recipe_key_existed_still_resumes(tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    assert run_cli(["pretrain", "--recipe", "parae_cpu", "--out", str(run), *TINY_PARAE])[0] == 0
+    recipe = json.loads((run / "recipe.json").read_text())
+    del recipe["paper_setting"]  # as written by an earlier version
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    shutil.rmtree(run / "checkpoints" / "step-0000006")
+    (run / "backbone.safetensors").unlink()
+    status, _, err = run_cli(["pretrain", "--recipe", "parae_cpu", "--out", str(run), "--resume", *TINY_PARAE])
+    assert status == 0 and "resuming from step 4" in err, err

@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from pretext3d.config import (RecipeError, apply_overrides, build_dataset, build_method, check_paper_setting, complete,
-                              load_recipe, train_config)
+from pretext3d.config import (TOP_LEVEL, RecipeError, apply_overrides, build_dataset, build_method, check_paper_setting,
+                              complete, load_recipe, train_config)
 from pretext3d.engine.checkpoint import training_checkpoints
 from pretext3d.engine.trainer import Trainer
 from pretext3d.utils.device import finish_distributed, init_distributed, rank_and_world, rank_zero_first, resolve_device
@@ -49,6 +49,7 @@ def check_run_folder(out: Path, recipe: dict[str, Any], resume: bool) -> None:
                           "(or delete the folder to start it over)")
     if resume and saved.exists():
         before, now = json.loads(saved.read_text()), json.loads(json.dumps(recipe))
+        before = {**json.loads(json.dumps(TOP_LEVEL)), **before}  # a key added since the run started takes its default
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in FREE_ON_RESUME)
         if changed:
             raise RecipeError(f"{out}: the run was started with another recipe (differs in {', '.join(changed)})")
