@@ -95,6 +95,12 @@ def test_fused_features_concatenate_the_chosen_encoders():
     assert method.fused_features(batch).shape == (3, 512 + 32 + 16)  # ResNet-18, PointNet max+avg, MeshNet
     with pytest.raises(ValueError, match="no mesh encoder"):
         MIMS(modalities=("points",), **TINY).fused_features(batch, ("mesh",))
+    # an evaluation batch (one cloud per object, as MultimodalDataset gives with point_views=1) works too
+    plain = {k: v for k, v in batch.items() if k != "point_views"}
+    plain["points"] = batch["point_views"][:, 0]
+    assert torch.allclose(method.fused_features(plain, ("points", "mesh")), fused)
+    with pytest.raises(ValueError, match="or points"):
+        method({k: v for k, v in plain.items()})  # training needs two point views
 
 
 def test_mesh_inputs_and_the_mesh_augmentation():

@@ -141,13 +141,18 @@ class MIMS(PretextMethod):
         pass (its BatchNorm sees every row); meshes in one pass per augmentation (MeshNet draws
         one face mask per pass)."""
         if modality == "points":
-            if "point_views" not in batch:
-                raise ValueError("MIMS with points needs point_views (B, 2, N, 3) (point_views=2)")
-            clouds = torch.cat([batch["point_views"][:, a] for a in augmentations])
+            if "point_views" in batch:
+                clouds = torch.cat([batch["point_views"][:, a] for a in augmentations])
+            elif "points" in batch and tuple(augmentations) == (0,):  # an evaluation batch: its one cloud
+                clouds = batch["points"]
+            else:
+                raise ValueError("MIMS with points needs point_views (B, 2, N, 3) (point_views=2) for training, "
+                                 "or points (B, N, 3) for features")
             return self.encoders["points"](clouds, need_local=False).global_
         if modality == "image":
             if "images" not in batch or batch["images"].shape[1] < max(augmentations) + 1:
-                raise ValueError("MIMS with images needs two views per object: images (B, 2, C, S, S)")
+                raise ValueError(f"MIMS with images needs {max(augmentations) + 1} view(s) per object: "
+                                 "images (B, V, C, S, S)")
             images = torch.cat([batch["images"][:, a] for a in augmentations])
             return self.encoders["image"](images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images).global_
         faces, neighbours = mesh_inputs(batch)
