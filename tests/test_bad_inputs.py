@@ -330,10 +330,9 @@ def test_each_bad_override_is_refused_before_any_work(override, problem, tmp_pat
 
 
 def test_a_device_the_machine_lacks_is_refused_before_any_work(tmp_path):
-    if torch.cuda.device_count() > 7:
-        pytest.skip("this machine has a cuda:7")
-    status, _, err = run_cli(["pretrain", "--recipe", "parae_cpu", "--out", str(tmp_path / "run"), "device=cuda:7"])
-    assert_one_clear_line(status, err, "cuda:7", "CUDA device(s)")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the GPUs this machine has
+    status, _, err = run_cli(["pretrain", "--recipe", "parae_cpu", "--out", str(tmp_path / "run"), f"device={missing}"])
+    assert_one_clear_line(status, err, missing, "CUDA device(s)")
 
 
 # --- output locations: checked before the work --------------------------------------------------

@@ -114,13 +114,9 @@ def weights_options(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "image_weights", None) is not None:
         options["image_weights"] = args.image_weights
     overrides = {name: getattr(args, name, None) for name in ("emb_dims", "k")}
-    if not _architecture_has_defaults(args):
+    if not getattr(args, "architecture_defaults", False):  # finetune/semseg: --emb-dims/--k override the config
         options["random_config"] = {name: value for name, value in overrides.items() if value} or None
     return options
-
-
-def _architecture_has_defaults(args: argparse.Namespace) -> bool:
-    return getattr(args, "architecture_defaults", False)
 
 
 def _bn_calibration(args: argparse.Namespace, default: int) -> int:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from pretext3d.config import BUILTIN_STORE
 from pretext3d.engine.checkpoint import training_checkpoints
@@ -61,11 +60,8 @@ def provenance(weights: str | Path | None) -> dict[str, Any] | None:
         return None
     path = Path(weights)
     folder = path if path.is_dir() else path.parent
-    if not is_run(folder):
-        return None
-    try:
-        recipe = json.loads((folder / "recipe.json").read_text())
-    except (OSError, ValueError):
+    recipe = _json_object(folder / "recipe.json") if is_run(folder) else None
+    if recipe is None:
         return None
     return {"run": str(folder), "method": recipe.get("method"), "paper_setting": bool(recipe.get("paper_setting")),
             "steps": recipe.get("steps"), "epochs": recipe.get("epochs")}
@@ -125,7 +121,9 @@ def load_method(run: str | Path, step: int | None = None, recipe: dict[str, Any]
     point and mesh encoders for ``fused_features``), rebuilt from its recipe.json and loaded from
     its newest checkpoint (or ``step``); in eval mode. Image weights named in the recipe are not
     read again: the checkpoint holds the trained ones."""
-    return open_method(run, step=step, recipe=recipe).method
+    run = Path(run)
+    recipe = recipe if recipe is not None else run_recipe(run)
+    return _trained_method(run, recipe, step)[0]
 
 
 def method_like(run: str | Path, seed: int = 0, recipe: dict[str, Any] | None = None) -> PretextMethod:
@@ -159,25 +157,26 @@ def open_method(run: str | Path | None, random_init: bool = False, seed: int = 0
         method = method_like(run, seed, recipe)
         return RunMethod(method, recipe, {"random_like": recipe, "init_seed": seed},
                          f"{recipe['method']} of {run}, random init (seed {seed})")
+    method, folder = _trained_method(run, recipe, step)
+    return RunMethod(method, recipe, {"run_weights": file_digest(folder / "model.safetensors")},
+                     f"{recipe['method']} run {run} ({folder.name})")
+
+
+def _trained_method(run: Path, recipe: dict[str, Any], step: int | None) -> tuple[PretextMethod, Path]:
+    """The method loaded from the newest checkpoint (or ``step``), in eval mode, and that checkpoint's folder."""
+    from safetensors.torch import load_file
+
     folders = run_checkpoints(run)
     if step is not None:
         folders = [f for f in folders if f.name == f"step-{step:07d}"]
     if not folders:
         raise CheckpointError(f"{run}: no checkpoint{'' if step is None else f' of step {step}'} in {run / 'checkpoints'}")
     method = _build(recipe, run)
-    weights = folders[-1] / "model.safetensors"
-    _load_weights(method, weights, recipe["method"])
-    return RunMethod(method.eval(), recipe, {"run_weights": file_digest(weights)},
-                     f"{recipe['method']} run {run} ({folders[-1].name})")
-
-
-def _load_weights(method: nn.Module, weights: Path, name: str) -> None:
-    from safetensors.torch import load_file
-
     try:
-        load_unique_state_dict(method, load_file(str(weights)))
+        load_unique_state_dict(method, load_file(str(folders[-1] / "model.safetensors")))
     except (OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{weights.parent}: cannot be loaded into {name} ({err})") from None
+        raise CheckpointError(f"{folders[-1]}: cannot be loaded into {recipe['method']} ({err})") from None
+    return method.eval(), folders[-1]
 
 
 def _json_object(path: Path) -> dict | None:

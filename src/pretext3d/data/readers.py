@@ -483,10 +483,9 @@ def _mesh_files(path: Path) -> tuple[list[str], list[tuple[Path, str, str | None
         # cannot trap it
         found = []
         for here, folders, files in os.walk(folder):
+            found.extend(Path(here, name) for name in (*files, *folders) if name.lower().endswith(MESH_SUFFIXES))
             folders[:] = [d for d in folders if not d.startswith(".") and not d.lower().endswith(MESH_SUFFIXES)]
-            found.extend(Path(here, name) for name in [*files, *os.listdir(here)]
-                         if name.lower().endswith(MESH_SUFFIXES))
-        return sorted(set(found), key=lambda f: str(f.relative_to(folder)))
+        return sorted(found, key=lambda f: str(f.relative_to(folder)))
 
     top = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     found: list[tuple[Path, str, str | None]] = []

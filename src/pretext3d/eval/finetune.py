@@ -410,7 +410,6 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
     for mode in cfg.modes:
         if mode not in ("frozen", "unfrozen"):
             raise ValueError(f"mode must be 'frozen' or 'unfrozen', got {mode!r}")
-    cfg.check_weights()
     if cfg.task == "partseg" and cfg.label_smoothing:  # the category mask makes other parts impossible: no smoothing
         raise ValueError("part segmentation trains without label smoothing (its logits of parts outside the shape's "
                          "category are -inf); --label-smoothing applies to finetune-cls only")

@@ -57,7 +57,6 @@ class MultiviewConfig(StoreProtocolConfig):
 
 def store_image_encoders(cfg: MultiviewConfig, space: str = "encoder") -> tuple[ModalityEncoders, dict | None]:
     """The image encoder ``cfg`` names (and the run's recipe, when it is a run)."""
-    cfg.check_weights()
     if cfg.checkpoint:
         encoders, recipe = load_run_encoders(cfg.checkpoint, space)
         if "image" not in encoders.modules:

@@ -107,8 +107,8 @@ def _seed_matters(cfg: FeatureConfig, fmt: str) -> bool:
 
 
 def prepare_feature_config(cfg: FeatureConfig) -> FeatureConfig:
-    """Resolve the weights: a run folder to its backbone file, ``like`` to its architecture."""
-    cfg.check_weights()
+    """Resolve the weights (checked when ``cfg`` was made): a run folder to its backbone file,
+    ``like`` to its architecture."""
     if cfg.checkpoint:
         cfg = replace(cfg, checkpoint=str(backbone_file(cfg.checkpoint)))
         if not Path(cfg.checkpoint).is_file():

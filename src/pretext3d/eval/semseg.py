@@ -360,7 +360,6 @@ def _check(cfg: SemsegConfig) -> None:
             raise ValueError(f"mode must be 'frozen' or 'unfrozen', got {mode!r}")
     if not cfg.modes or not cfg.fractions:
         raise ValueError("give at least one mode and one label fraction")
-    cfg.check_weights()
     if cfg.block_size <= 0:
         raise ValueError(f"block_size must be positive, got {cfg.block_size}")
     if not 0 < cfg.test_stride <= cfg.block_size:
