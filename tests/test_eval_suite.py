@@ -130,6 +130,50 @@ def test_fewshot_episode_on_separable_features_is_perfect():
         assert run_episode(ep, train_x, train_y, test_x, test_y, None, (0.01, 0.1, 1.0), 3, 0)["accuracy"] == 1.0
 
 
+def test_fewshot_queries_from_train_are_disjoint_from_the_support():
+    """CrossPoint's released script: queries are other train objects of the episode's classes."""
+    train_y, test_y = np.repeat(np.arange(6), 12), np.repeat(np.arange(6), 3)
+    for ep in sample_episodes(train_y, test_y, 5, 5, 7, 6, seed=1, query_split="train"):
+        assert ep.query_split == "train" and not set(ep.support.tolist()) & set(ep.query.tolist())
+        np.testing.assert_array_equal(train_y[ep.query], np.repeat(ep.classes, 7))
+    with pytest.raises(ValueError, match="at least 13 train objects"):  # 5 + 8 > 12
+        sample_episodes(train_y, test_y, 5, 5, 8, 1, seed=1, query_split="train")
+    with pytest.raises(ValueError, match="query_split must be one of"):
+        sample_episodes(train_y, test_y, 5, 5, 2, 1, seed=1, query_split="val")
+    # worked case for standardisation with the support's statistics: one feature is a huge constant
+    # offset plus the class signal at a tiny scale; raw, a small-C SVM cannot separate, scaled it can
+    rng = np.random.default_rng(0)
+    signal = 1e-3 * np.repeat(np.arange(6), 12) + 1e-5 * rng.standard_normal(72)
+    x = np.stack([1e3 + signal, 1e3 - 2 * signal], 1)
+    ep = sample_episodes(train_y, test_y, 5, 5, 7, 1, seed=2, query_split="train")[0]
+    raw = run_episode(ep, x, train_y, x[:18], test_y, 0.01, (), 2, 0)["accuracy"]
+    scaled = run_episode(ep, x, train_y, x[:18], test_y, 1.0, (), 2, 0, standardize=True)["accuracy"]
+    assert scaled == 1.0 and raw < 0.5
+
+
+def test_presets_set_the_published_settings_and_refuse_contradictions():
+    from pretext3d.eval.presets import PRESETS, apply_preset, preset_record
+    from pretext3d.eval.protocols import LinearSVMConfig
+
+    base = LinearSVMConfig(data="x.npz", checkpoint="run")
+    cfg = apply_preset(base, "linear-svm", "crosspoint")
+    assert (cfg.C, cfg.num_points, cfg.subsample, cfg.svm, cfg.standardize, cfg.preset) == (0.1, 1024, "first", "svc",
+                                                                                              False, "crosspoint")
+    assert apply_preset(base, "linear-svm", None) is base
+    with pytest.raises(ValueError, match=r"--preset crosspoint sets C=1.0 \(the preset: 0.1\)"):
+        apply_preset(LinearSVMConfig(data="x.npz", checkpoint="run", C=1.0), "linear-svm", "crosspoint")
+    assert apply_preset(LinearSVMConfig(data="x.npz", checkpoint="run", C=0.1), "linear-svm", "crosspoint").C == 0.1
+    with pytest.raises(ValueError, match="unknown preset 'nope' for linear-svm; known: crosspoint, crosspoint-scanobjectnn"):
+        apply_preset(base, "linear-svm", "nope")
+    few = apply_preset(FewShotConfig(data="x.npz", checkpoint="run"), "fewshot", "crosspoint")
+    assert (few.query_split, few.standardize, few.C, few.runs, few.num_points) == ("train", True, 1.0, 50, 2048)
+    record = preset_record("fewshot", "crosspoint")
+    assert record["not_reproduced"][0].startswith("nothing is selected on the test split")
+    for (protocol, name), preset in PRESETS.items():  # every preset names fields its protocol's config has
+        config = {"linear-svm": LinearSVMConfig, "fewshot": FewShotConfig}[protocol]
+        assert set(preset.settings) <= set(config.__dataclass_fields__), (protocol, name)
+
+
 def test_fewshot_and_retrieval_end_to_end_on_builtin(tmp_path):
     common = dict(data="builtin:seed=0,train=12,test=6", backbone="pointnet", random_init=True, num_points=128,
                   random_config={"emb_dims": 32}, bn_calibration_clouds=64, batch_size=16,
@@ -166,6 +210,19 @@ def test_evaluate_fewshot_and_retrieval_cli_write_their_settings(tmp_path, capsy
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["protocol"] == "retrieval" and set(r["results"]) == {"mAP", "top_1", "top_3", "precision_at_1", "precision_at_3"}
     assert "excluded" in r["gallery"] and r["config"]["metric"] == "euclidean"
+    assert main(["evaluate", "fewshot", *common, "--settings", "5x5", "--queries", "4", "--runs", "2",
+                 "--preset", "crosspoint"]) == 2
+    assert "--preset crosspoint sets queries=4 (the preset: 20), runs=2 (the preset: 50), num_points=64" in \
+        capsys.readouterr().err
+    at_1024 = [a for a in common if a not in ("--points", "64")]  # the preset's 1024 points
+    assert main(["evaluate", "linear-svm", *at_1024, "--preset", "crosspoint", "--json", str(tmp_path / "svm.json")]) == 0
+    out = capsys.readouterr().out
+    assert "preset          crosspoint" in out and "not reproduced: nothing is selected on the test split" in out
+    svm = json.loads((tmp_path / "svm.json").read_text())
+    assert svm["C"] == 0.1 and svm["C_selection"] == "given" and svm["preset"]["settings"]["C"] == 0.1
+    assert svm["config"]["preset"] == "crosspoint"
+    assert main(["evaluate", "linear-svm", *at_1024, "--preset", "crosspoint", "--C", "1"]) == 2
+    assert "--preset crosspoint sets C=1.0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", "fewshot", *common, "--settings", "5by5"])
     assert "expected WAYSxSHOTS" in capsys.readouterr().err

@@ -40,6 +40,21 @@ def test_each_paper_recipe_holds_what_its_table_says(method):
         assert check_recipe(name, load_recipe(name), table) == [], name
 
 
+def test_the_method_pages_show_their_tables_as_they_are():
+    """docs/methods/<method>.md's settings table is generated from the YAML (scripts/fidelity_pages.py)."""
+    from pathlib import Path
+
+    from pretext3d.fidelity import replace_generated
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "methods"
+    for method in PAPER_METHODS:
+        page = (docs / f"{method}.md").read_text(encoding="utf-8")
+        assert replace_generated(page, load_table(method)) == page, f"{method}: run python scripts/fidelity_pages.py"
+    table = load_table("crosspoint")
+    table["settings"][0]["resolution"] = "changed"
+    assert "changed" in replace_generated((docs / "crosspoint.md").read_text(encoding="utf-8"), table)
+
+
 def test_a_drifted_recipe_is_caught():
     table = load_table("parae")
     name = table["paper_recipes"][0]

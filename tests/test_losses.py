@@ -55,6 +55,8 @@ def test_triplet_loss_known_answer():
     negative = torch.tensor([[0.0, 4.0], [0.0, 1.0]])
     # hinge(1 - 4 + 1) = 0 and hinge(3 - 1 + 1) = 3 -> mean 1.5
     assert losses.triplet_loss(anchor, positive, negative, margin=1.0).item() == pytest.approx(1.5)
+    # squared (Jing et al. Eq. 1): hinge(1 - 16 + 1) = 0 and hinge(9 - 1 + 1) = 9 -> mean 4.5
+    assert losses.triplet_loss(anchor, positive, negative, margin=1.0, squared=True).item() == pytest.approx(4.5)
 
 
 def test_binary_cross_entropy_known_answer():

@@ -75,6 +75,7 @@ def test_best_threshold_and_pair_distances_by_hand():
     a = np.array([[2.0, 0.0], [1.0, 1.0]])
     b = np.array([[0.0, 5.0], [3.0, 3.0]])
     assert pair_distances(a, b) == pytest.approx([np.sqrt(2.0), 0.0])  # scale-free
+    assert pair_distances(a, b, normalize=False) == pytest.approx([np.sqrt(29.0), np.sqrt(8.0)])  # raw (Jing Table 2)
 
 
 # --- embeddings -------------------------------------------------------------------------------
@@ -171,6 +172,11 @@ def test_pretext_metrics_use_each_method_s_own_judge(runs):
     assert set(report["results"]) == {"cross_view", "cross_modal_classifier"}  # CMCV: F_f, no shared space
     view = report["results"]["cross_view"]
     assert 0 <= view["accuracy"] <= 1 and view["positive_distance"]["std"] >= 0 and "train" in report["threshold_fit"]
+    assert view["space"] == "image encoder, L2-normalised" and view["negative_distance"]["mean"] <= 2
+    assert main(["evaluate", "pretext", "--data", str(runs["store"]), "--checkpoint", str(runs["cmcv"]), "--points", "128",
+                 "--cache-dir", str(runs["cache"]), "--quiet", "--raw-distances", "--json", str(out)]) == 0
+    raw = _json(out)["results"]["cross_view"]  # the same features (cached), not normalised: ResNet outputs are long
+    assert raw["space"] == "image encoder, raw features" and raw["negative_distance"]["mean"] > 2
     assert main(["evaluate", "pretext", "--data", str(runs["store"]), "--random-init", "--like", str(runs["mims"]),
                  "--points", "128", "--no-cache", "--quiet", "--json", str(out)]) == 0
     report = _json(out)

@@ -21,7 +21,7 @@ from pretext3d.cli import main
 from pretext3d.config import RecipeError, apply_overrides, build_method, complete, load_recipe, train_config
 from pretext3d.data.multimodal import AugmentedClouds, MultimodalDataset, PointAugment
 from pretext3d.models import PointNetPointwise
-from tests_helpers import project_to_pixels, tiny_clouds
+from tests_helpers import project_to_pixels, tiny_clouds, write_two_class_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -154,6 +154,103 @@ def test_augmented_clouds_give_independent_views_drawn_per_seed_epoch_index():
     plain = AugmentedClouds(clouds, None)[3]
     np.testing.assert_array_equal(plain["points"].numpy(), clouds[3]["points"])
     assert "point_views" not in plain
+
+
+def test_random_point_sampling_draws_a_new_uniform_subset_each_epoch(tmp_path):
+    """data_options.point_sampling=random: N of the held points without repeats, the same for a
+    (seed, epoch, index), new in the next epoch; "first" keeps the first N (FPS order)."""
+    from pretext3d.config import build_dataset
+
+    npz = write_two_class_npz(tmp_path / "two.npz", n_train=6, n_test=2, points=64)
+    recipe = complete({"method": "parae", "data": str(npz), "steps": 1, "data_options": {
+        "points": 16, "point_sampling": "random", "augment": {"rotate": False, "scale": [1.0, 1.0], "translate": 0.0,
+                                                              "jitter_sigma": 0.0}}})
+    data = build_dataset(recipe, tmp_path)
+    stored = np.load(npz)["train_x"][2].astype(np.float32)
+    first = data[2]["points"].numpy()
+    rows = [np.flatnonzero((stored == p).all(axis=1))[0] for p in first]  # every point is a stored one
+    assert first.shape == (16, 3) and len(set(rows)) == 16 and rows != list(range(16))
+    np.testing.assert_array_equal(data[2]["points"].numpy(), first)
+    data.set_epoch(1)
+    assert not np.array_equal(data[2]["points"].numpy(), first)
+    plain = build_dataset(complete({**recipe, "data_options": {**recipe["data_options"], "point_sampling": "first"}}),
+                          tmp_path)
+    np.testing.assert_array_equal(plain[2]["points"].numpy(), stored[:16])
+    with pytest.raises(RecipeError, match="point_sampling must be one of first, random"):
+        complete({**recipe, "data_options": {"point_sampling": "fps"}})
+
+
+def test_random_point_sampling_from_a_store_keeps_the_images_aligned(tmp_path):
+    from pretext3d.data.prepare import prepare
+    from pretext3d.data.store import StoreSettings, read_object
+
+    prepare("builtin:train=1,test=0", tmp_path / "s", StoreSettings(points=256, views=2, image_size=32, faces=64),
+            progress=False)
+    data = MultimodalDataset(tmp_path / "s", num_points=64, point_sampling="random", modalities=("points", "images"),
+                             point_augment=PointAugment(jitter_sigma=0.0))
+    item = data[0]
+    assert item["points"].shape == (64, 3)
+    rows, cols, inside, _ = project_to_pixels(item["points"].numpy(), item["view"][0].numpy(), item["proj"][0].numpy(),
+                                              (32, 32))
+    assert (inside & item["masks"][0].numpy()[rows, cols]).mean() >= 0.95
+    exact = MultimodalDataset(tmp_path / "s", num_points=64, point_sampling="random", point_augment=None,
+                              image_augment=None, modalities=("points",))
+    stored = read_object(tmp_path / "s" / exact.entries[0]["file"], ("points",))["points"]
+    picked = exact[0]["points"].numpy()
+    assert all((stored == p).all(axis=1).any() for p in picked)
+    assert not np.array_equal(picked, stored[:64])  # not the FPS prefix
+    with pytest.raises(ValueError, match="point_sampling must be one of"):
+        MultimodalDataset(tmp_path / "s", point_sampling="fps")
+
+
+def test_relative_translation_is_a_fraction_of_the_bounding_box():
+    """translate_relative: shift_a = U(-t, t) * extent_a of the scaled, rotated cloud (CrossPoint's
+    code); worked case: a cloud of extent (2, 4, 6), t = 0.5, no scale or rotation."""
+    from pretext3d.data.multimodal import random_point_affine
+
+    points = np.array([[0.0, 0.0, 0.0], [2.0, 4.0, 6.0]])
+    augment = PointAugment(rotate=False, scale=(1.0, 1.0), translate=0.5, translate_relative=True)
+    shifts = np.stack([random_point_affine(np.random.default_rng(s), augment, "z", points)[:3, 3] for s in range(400)])
+    bound = np.array([1.0, 2.0, 3.0])
+    assert (np.abs(shifts) <= bound + 1e-12).all() and (np.abs(shifts).max(axis=0) > 0.95 * bound).all()
+    fraction = random_point_affine(np.random.default_rng(7), augment, "z", points)[:3, 3] / (2 * bound)
+    absolute = random_point_affine(np.random.default_rng(7), PointAugment(rotate=False, scale=(1.0, 1.0), translate=0.5), "z")
+    np.testing.assert_allclose(fraction, absolute[:3, 3])  # the same draw, times the extent (2, 4, 6)
+    doubled = PointAugment(rotate=False, scale=(2.0, 2.0), translate=0.5, translate_relative=True)
+    assert np.abs(random_point_affine(np.random.default_rng(7), doubled, "z", points)[:3, 3] /
+                  random_point_affine(np.random.default_rng(7), augment, "z", points)[:3, 3] - 2).max() < 1e-12
+
+
+def test_crosspoint_heads_can_take_the_official_widths_and_bias():
+    from pretext3d.pretext.crosspoint import CrossPoint
+
+    method = CrossPoint("pointnet", {"emb_dims": 32}, "resnet18", hidden_dim=16, point_hidden_dim=24,
+                        image_head_bias=False)
+    assert method.point_head.fc1.out_features == 24 and method.point_head.fc1.bias is not None
+    assert method.image_head.fc1.out_features == 16
+    assert method.image_head.fc1.bias is None and method.image_head.fc2.bias is None
+    batch = {"point_views": torch.randn(3, 2, 64, 3), "images": torch.randn(3, 1, 3, 32, 32)}
+    assert torch.isfinite(method(batch)["loss"])
+
+
+def test_crosspoint_with_n_images_averages_their_projections():
+    """Table 6's n > 1: z_img = mean over the n views of q(h(view)); n = 1 is the first view."""
+    from pretext3d.config import data_needs
+    from pretext3d.pretext.crosspoint import CrossPoint
+
+    assert data_needs("crosspoint", {"images_per_object": 3})["views"] == 3
+    with pytest.raises(RecipeError, match="images_per_object must be an integer >= 1"):
+        data_needs("crosspoint", {"images_per_object": 0})
+    torch.manual_seed(0)
+    method = CrossPoint("pointnet", {"emb_dims": 32}, "resnet18", hidden_dim=16, images_per_object=3).eval()
+    images = torch.randn(2, 4, 3, 32, 32)
+    each = torch.stack([method.image_head(method.image_encoder(images[:, v]).global_) for v in range(3)], 1)
+    torch.testing.assert_close(method.image_projections(images), each.mean(1))
+    method.images_per_object = 1
+    torch.testing.assert_close(method.image_projections(images), each[:, 0])
+    method.images_per_object = 5
+    with pytest.raises(ValueError, match="needs 5 views per object, got 4"):
+        method.image_projections(images)
 
 
 def test_store_items_carry_two_point_views_the_first_matching_the_images(tmp_path):

@@ -30,6 +30,8 @@ def report_page(tmp_path_factory):
     (run / "eval").mkdir()
     assert main(["evaluate", "retrieval", "--data", DATA, "--checkpoint", str(run), "--points", "128", "--quiet",
                  "--cache-dir", str(root / "cache"), "--json", str(run / "eval" / "retrieval.json")]) == 0
+    assert main(["evaluate", "linear-svm", "--data", DATA, "--checkpoint", str(run), "--preset", "crosspoint", "--quiet",
+                 "--cache-dir", str(root / "cache"), "--json", str(run / "eval" / "svm_crosspoint.json")]) == 0
     page = root / "page.html"
     assert main(["report", str(run), "--out", str(page), "--data", DATA, "--points", "128", "--queries", "3",
                  "--top-k", "4", "--cache-dir", str(root / "cache"), "--quiet"]) == 0
@@ -42,7 +44,7 @@ def test_report_writes_the_page_pictures_and_json(report_page):
     assert set(record["figures"]) == {"training_curves", "tsne", "retrieval", "parae"}
     for name in ("training_curves.png", "tsne.png", "retrieval.png", "parae_gaussians.png"):
         assert (files / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [e["protocol"] for e in record["evaluations"]] == ["retrieval"]
+    assert sorted(e["protocol"] for e in record["evaluations"]) == ["linear-svm", "retrieval"]
     assert record["figures"]["tsne"]["objects"] == 14 * 3
     rows = record["figures"]["retrieval"]["queries"]
     assert len(rows) == 3 and all(len(r["retrieved"]) == 4 and r["query"] not in r["retrieved"] for r in rows)
@@ -50,6 +52,7 @@ def test_report_writes_the_page_pictures_and_json(report_page):
     text = report_page.read_text()
     assert text.count('src="data:image/png;base64,') == 4 and "retrieval (retrieval.json)" in text
     assert "the test split without the query itself" in text  # the protocol's settings are shown
+    assert "crosspoint: MohamedAfham/CrossPoint" in text and "nothing is selected on the test split" in text
 
 
 def test_report_refuses_an_unfinished_run(tmp_path, capsys):

@@ -43,6 +43,15 @@ def _run_protocol(args: argparse.Namespace, run: Callable[..., dict], config: An
     return 0
 
 
+def _add_preset_argument(p: argparse.ArgumentParser, protocol: str) -> None:
+    from pretext3d.eval.presets import PRESETS, presets_for  # torch-free
+
+    sources = "; ".join(f"{name}: {PRESETS[(protocol, name)].source}" for name in presets_for(protocol))
+    p.add_argument("--preset", choices=presets_for(protocol),
+                   help="run the published code's protocol instead of the strict default, except that nothing is "
+                   f"selected on the test split ({sources}); the report lists its settings")
+
+
 def _add_svm_arguments(p: argparse.ArgumentParser, grid: str, on: str = "train") -> None:
     p.add_argument("--C", type=float, help=f"SVM C; default: chosen by CV on {on}")
     p.add_argument("--C-grid", type=float, nargs="+", help=f"candidate Cs for the CV (default {grid})")
@@ -63,6 +72,7 @@ def _add_linear_svm(sub: argparse._SubParsersAction) -> None:
     _add_svm_arguments(p, "0.001 0.01 0.1 1 10")
     p.add_argument("--svm", choices=["svc", "linearsvc"], default="svc", help="sklearn SVC(kernel='linear') (published) or LinearSVC")
     p.add_argument("--standardize", action="store_true", help="standardise features before the SVM (not the published protocol)")
+    _add_preset_argument(p, "linear-svm")
     _add_store_modalities(p, "each modality of a prepared store and their concatenation (MIMS: mesh, image, "
                              "point and fused features)",
                           "embed these modalities of a store with the run's encoders: an SVM on each, and on "
@@ -103,7 +113,7 @@ def _cmd_linear_svm(args: argparse.Namespace) -> int:
     if args.modalities:
         from pretext3d.eval.modality_svm import ModalitySVMConfig, format_modality_svm, run_modality_svm
 
-        _refuse_point_options(args, {"--standardize": args.standardize})
+        _refuse_point_options(args, {"--standardize": args.standardize, "--preset": args.preset is not None})
         cfg = ModalitySVMConfig(**store_options(args, seed=args.seeds[0]), modalities=tuple(args.modalities),
                                 views=args.views, pool=args.pool or "mean", C=args.C, C_grid=C_grid, folds=args.folds,
                                 svm=args.svm)
@@ -111,9 +121,11 @@ def _cmd_linear_svm(args: argparse.Namespace) -> int:
     from pretext3d.eval.protocols import LinearSVMConfig, format_linear_svm, run_linear_svm
 
     _refuse_store_options(args)
+    from pretext3d.eval.presets import apply_preset
+
     cfg = LinearSVMConfig(**feature_options(args), C=args.C, C_grid=C_grid, folds=args.folds, svm=args.svm,
                           standardize=args.standardize)
-    return _run_protocol(args, run_linear_svm, cfg, format_linear_svm)
+    return _run_protocol(args, run_linear_svm, apply_preset(cfg, "linear-svm", args.preset), format_linear_svm)
 
 
 # --- few-shot ---------------------------------------------------------------------------------
@@ -131,23 +143,30 @@ def _add_fewshot(sub: argparse._SubParsersAction) -> None:
         "fewshot", help="N-way K-shot classification: linear SVM per episode on frozen features",
         description="Each episode draws N classes, K support objects per class from the train split and Q query "
         "objects per class from the test split, fits a linear SVM on the support features and scores the queries. "
-        "Mean +- std over the episodes (--runs per seed).",
+        "Mean +- std over the episodes (--runs per seed). --preset crosspoint: the released script's protocol.",
     )
     add_feature_arguments(p)
     p.add_argument("--settings", type=_way_shot, nargs="+", default=[(5, 10), (5, 20), (10, 10), (10, 20)],
                    metavar="WAYSxSHOTS", help="N-way K-shot settings (default 5x10 5x20 10x10 10x20)")
-    p.add_argument("--queries", type=at_least(1), default=20, help="query objects per class, from the test split (default 20)")
+    p.add_argument("--queries", type=at_least(1), default=20, help="query objects per class (default 20)")
+    p.add_argument("--query-split", choices=["test", "train"], default="test",
+                   help="where queries come from: the test split (default), or the train objects not in the support "
+                   "(CrossPoint's released script)")
     p.add_argument("--runs", type=at_least(1), default=10, help="episodes per setting and seed (default 10)")
     _add_svm_arguments(p, "0.01 0.1 1", on="each episode's support set (at most K folds)")
+    p.add_argument("--standardize", action="store_true", help="standardise features with the support set's statistics")
+    _add_preset_argument(p, "fewshot")
     p.set_defaults(func=_cmd_fewshot)
 
 
 def _cmd_fewshot(args: argparse.Namespace) -> int:
     from pretext3d.eval.fewshot import FEWSHOT_C_GRID, FewShotConfig, format_fewshot, run_fewshot
+    from pretext3d.eval.presets import apply_preset
 
     cfg = FewShotConfig(**feature_options(args), settings=args.settings, queries=args.queries, runs=args.runs,
-                        C=args.C, C_grid=tuple(args.C_grid or FEWSHOT_C_GRID), folds=args.folds)
-    return _run_protocol(args, run_fewshot, cfg, format_fewshot)
+                        C=args.C, C_grid=tuple(args.C_grid or FEWSHOT_C_GRID), folds=args.folds,
+                        query_split=args.query_split, standardize=args.standardize)
+    return _run_protocol(args, run_fewshot, apply_preset(cfg, "fewshot", args.preset), format_fewshot)
 
 
 # --- retrieval --------------------------------------------------------------------------------
@@ -256,6 +275,8 @@ def _add_pretext(sub: argparse._SubParsersAction) -> None:
     add_store_arguments(p, "run", points=True)
     p.add_argument("--image-size", type=at_least(8), help="side the views are fed at (default: the run's training size)")
     p.add_argument("--pairs-factor", type=at_least(1), default=10, help="pairs per test object (default 10)")
+    p.add_argument("--raw-distances", action="store_true",
+                   help="cross-view distances of the image features as they are (Jing et al. Table 2), not L2-normalised")
     p.add_argument("--threshold-objects", type=at_least(2), default=1024,
                    help="training objects the distance thresholds are fitted on (default 1024)")
     p.set_defaults(func=_cmd_pretext)
@@ -264,7 +285,8 @@ def _add_pretext(sub: argparse._SubParsersAction) -> None:
 def _cmd_pretext(args: argparse.Namespace) -> int:
     from pretext3d.eval.pretext_metrics import PretextConfig, format_pretext, run_pretext
 
-    cfg = PretextConfig(**store_options(args), pairs_factor=args.pairs_factor, threshold_objects=args.threshold_objects)
+    cfg = PretextConfig(**store_options(args), pairs_factor=args.pairs_factor, threshold_objects=args.threshold_objects,
+                        raw_distances=args.raw_distances)
     return _run_protocol(args, run_pretext, cfg, format_pretext)
 
 

@@ -39,6 +39,10 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
                    help="mesh renderer: OpenGL when available (auto), or point splats")
     p.add_argument("--depth", action="store_true", help="also store depth maps (float16)")
     p.add_argument("--grayscale", action="store_true", help="store grey instead of RGB views")
+    p.add_argument("--renders", metavar="SHAPENET_RENDERING",
+                   help="take the views from the 3D-R2N2 renders (ShapeNetRendering/<synset>/<id>/rendering/, 24 per "
+                   "object, with their cameras) instead of rendering: SOURCE is then the ShapeNetCore v1 mesh folder, "
+                   "and objects without renders are left out (CrossPoint's pretraining data)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=_positive, default=None, help="only the first N objects (trials)")
     p.add_argument("--format", default=None, help="the source format, when detection is not wanted")
@@ -46,14 +50,28 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_prepare)
 
 
+def _render_settings(args: argparse.Namespace) -> dict:
+    """--renders replaces the renderer: the options of rendering are errors with it."""
+    if not args.renders:
+        return {"views": args.views or DEFAULT_VIEWS[args.layout], "layout": args.layout}
+    from pretext3d.data.r2n2 import R2N2_VIEWS
+
+    given = [name for name, used in (("--views", args.views is not None), ("--layout", args.layout != "dodecahedron"),
+                                     ("--renderer", args.renderer != "auto"), ("--depth", args.depth),
+                                     ("--up", args.up not in ("auto", "y"))) if used]
+    if given:
+        raise ValueError(f"{', '.join(given)}: options of rendering, which --renders replaces (24 views, their "
+                         "cameras, y up)")
+    return {"views": R2N2_VIEWS, "layout": "r2n2", "renders": str(Path(args.renders)), "up": "y"}
+
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from pretext3d.data.prepare import parse_shard, prepare
     from pretext3d.data.store import StoreSettings
 
-    views = args.views or DEFAULT_VIEWS[args.layout]
-    settings = StoreSettings(points=args.points, views=views, layout=args.layout, image_size=args.image_size,
-                             faces=args.faces, seed=args.seed, up=args.up, renderer=args.renderer,
-                             depth=args.depth, grayscale=args.grayscale)
+    rendering = {"up": args.up, **_render_settings(args)}
+    settings = StoreSettings(points=args.points, image_size=args.image_size, faces=args.faces, seed=args.seed,
+                             renderer=args.renderer, depth=args.depth, grayscale=args.grayscale, **rendering)
     summary = prepare(args.source, args.out, settings, workers=args.workers, shard=parse_shard(args.shard),
                       fmt=args.format, limit=args.limit, progress=not args.quiet)
     print(f"prepared {args.source} -> {args.out} (shard {args.shard}): {summary.done} done, "
@@ -61,6 +79,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     print(f"  {summary.seconds:.1f} s, {summary.views} views ({summary.views_per_second:.1f} views/s), "
           f"store {summary.store_bytes / 2**20:.1f} MiB; store holds {summary.counts['present']}/"
           f"{summary.counts['total']} objects ({summary.counts['failed']} failed, {summary.counts['missing']} to do)")
+    if summary.without_renders:
+        print(f"  left out {len(summary.without_renders)} objects without 3D-R2N2 renders "
+              f"(e.g. {', '.join(summary.without_renders[:3])})")
     for key, reason in summary.failed[:20]:
         print(f"  skipped {key}: {reason}")
     if len(summary.failed) > 20:

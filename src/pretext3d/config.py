@@ -52,6 +52,10 @@ def data_needs(method: str, model: dict[str, Any]) -> dict[str, Any]:
 # how pretraining data are read and augmented (MultimodalDataset / AugmentedClouds)
 DEFAULT_DATA_OPTIONS: dict[str, Any] = {
     "points": 1024,          # points per cloud (the first N of a store, as read otherwise)
+    # "first": the first N held (FPS order in stores and mesh readers; fixed per object);
+    # "random": N uniform random samples of the held points, new each epoch (meshes read
+    # directly hold 4N uniform random surface samples; stores and point files, what they store)
+    "point_sampling": "first",
     "image_size": None,      # images are resized to this (default: as stored)
     "augment": {},           # PointAugment fields, e.g. {rotate: false, scale: [0.8, 1.25]}
     "image_augment": {},     # ImageAugment fields
@@ -233,6 +237,7 @@ VALUE_RULES: dict[str, tuple[Any, str]] = {
     "schedule.step_size": _at_least(1),
     "schedule.gamma": ((lambda v: _number(v) and v > 0), "a positive number"),
     "data_options.points": _at_least(1),
+    "data_options.point_sampling": ((lambda v: v in ("first", "random")), "one of first, random"),
     "data_options.image_size": ((lambda v: v is None or (_integer(v) and v >= 8)), "an integer >= 8 or null"),
     "data_options.augment": _SECTION,
     "data_options.image_augment": _SECTION,
@@ -344,14 +349,26 @@ def build_dataset(recipe: dict[str, Any], work_dir: Path, log=print, prepare_sto
             data, split="train", num_points=options["points"], image_size=options["image_size"],
             point_augment=augment, image_augment=image_augment, views_per_sample=needs["views"],
             modalities=("points", *(("images",) if needs["images"] else ()), *(("mesh",) if needs["mesh"] else ())),
-            seed=recipe["seed"], point_views=needs["point_views"])
+            seed=recipe["seed"], point_views=needs["point_views"], point_sampling=options["point_sampling"])
     if store_needed:
         raise RecipeError(f"{data}: {recipe['method']} needs {'images' if needs['images'] else 'meshes'}: "
                           f"give a store made by `pretext3d prepare`")
+    if options["point_sampling"] == "random":
+        clouds = _point_pool(data or builtin, options["points"], recipe["seed"])
+        return AugmentedClouds(clouds, augment, needs["point_views"], recipe["seed"], num_points=options["points"])
     from pretext3d.data import open_splits
 
     clouds = open_splits(data or builtin, options["points"], seed=recipe["seed"])["train"]
     return AugmentedClouds(clouds, augment, needs["point_views"], recipe["seed"])
+
+
+def _point_pool(data: str, points: int, seed: int):
+    """The train split as a pool that random point samples are drawn from each epoch: every
+    stored point of pre-sampled files, 4 x ``points`` uniform random surface samples of meshes."""
+    from pretext3d.data.readers import MESH_FORMATS, detect_format, open_splits
+
+    pool = 4 * points if detect_format(data) in MESH_FORMATS else None
+    return open_splits(data, pool, subsample="random", seed=seed)["train"]
 
 
 def _warn_if_incomplete(root: Path, log) -> None:

@@ -132,13 +132,19 @@ def info_nce_with_targets(queries: Tensor, keys: Tensor, targets: Tensor, temper
     return F.cross_entropy(logits, targets + rank * len(v))
 
 
-def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0) -> Tensor:
+def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0,
+                 squared: bool = False) -> Tensor:
     """Margin triplet loss on Euclidean distances; anchor, positive, negative: (B, D).
 
         L = 1/B sum_i max(0, |a_i - p_i| - |a_i - n_i| + margin)
+        squared: L = 1/B sum_i max(0, |a_i - p_i|^2 - |a_i - n_i|^2 + margin)   (FaceNet; Jing et al. Eq. 1)
     """
-    d_pos = (anchor - positive).norm(dim=1)
-    d_neg = (anchor - negative).norm(dim=1)
+    if squared:
+        d_pos = (anchor - positive).pow(2).sum(dim=1)
+        d_neg = (anchor - negative).pow(2).sum(dim=1)
+    else:
+        d_pos = (anchor - positive).norm(dim=1)
+        d_neg = (anchor - negative).norm(dim=1)
     return F.relu(d_pos - d_neg + margin).mean()
 
 

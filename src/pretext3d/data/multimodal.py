@@ -45,12 +45,16 @@ _AXES = {"x": 0, "y": 1, "z": 2}
 @dataclass(frozen=True)
 class PointAugment:
     """Point augmentations; the defaults are DGCNN's ranges (CrossPoint's official code differs: see
-    recipes/crosspoint_dgcnn.yaml). ``rotate``: about the store's up axis."""
+    recipes/crosspoint_dgcnn.yaml). ``rotate``: about the store's up axis. ``translate``: the
+    bound of a uniform shift per axis, absolute, or with ``translate_relative`` in units of the
+    cloud's bounding-box extent on that axis after scaling and rotation (CrossPoint's code:
+    0.5 relative)."""
 
     rotate: bool = True
     scale: tuple[float, float] = (2.0 / 3.0, 3.0 / 2.0)
     anisotropic: bool = True
     translate: float = 0.2
+    translate_relative: bool = False
     jitter_sigma: float = 0.01
     jitter_clip: float = 0.05
     dropout_max: float = 0.0  # PointNet++ dropout ratio bound (0 = off)
@@ -77,14 +81,22 @@ def _rotation(axis: int, angle: float) -> np.ndarray:
     return rotation
 
 
-def random_point_affine(rng: np.random.Generator, augment: PointAugment, up: str) -> np.ndarray:
-    """A (4, 4) = translate @ scale @ rotate-about-up, drawn from ``augment``'s ranges."""
+def random_point_affine(rng: np.random.Generator, augment: PointAugment, up: str,
+                        points: np.ndarray | None = None) -> np.ndarray:
+    """A (4, 4) = translate @ scale @ rotate-about-up, drawn from ``augment``'s ranges.
+    points: (N, 3), needed for a relative translation: shift_a = U(-t, t) * extent_a, the
+    extent of the scaled and rotated points on axis a."""
     linear = np.diag(rng.uniform(*augment.scale, 3 if augment.anisotropic else 1) * np.ones(3))
     if augment.rotate:
         linear = linear @ _rotation(_AXES[up], rng.uniform(0, 2 * math.pi))
     affine = np.eye(4)
     affine[:3, :3] = linear
     affine[:3, 3] = rng.uniform(-augment.translate, augment.translate, 3)
+    if augment.translate_relative:
+        if points is None:
+            raise ValueError("a relative translation needs the points")
+        mapped = points @ linear.T
+        affine[:3, 3] *= mapped.max(axis=0) - mapped.min(axis=0)
     return affine
 
 
@@ -109,6 +121,23 @@ def augment_cloud(points: np.ndarray, normals: np.ndarray | None, affine: np.nda
     return out
 
 
+POINT_SAMPLING = ("first", "random")
+
+
+def sampled_points(count: int, num_points: int, sampling: str, rng: np.random.Generator) -> np.ndarray | slice:
+    """Which of ``count`` held points a sample uses: the first ``num_points`` (stores and
+    mesh readers hold them in farthest-point order, so a prefix is evenly spread), or
+    (``"random"``) ``num_points`` drawn uniformly without replacement, new for every rng (every
+    sample and epoch). Raises ValueError when fewer than ``num_points`` are held."""
+    if count < num_points:
+        raise ValueError(f"{count} points held, {num_points} asked for")
+    if sampling == "first":
+        return slice(0, num_points)
+    if sampling == "random":
+        return rng.choice(count, size=num_points, replace=False)
+    raise ValueError(f"point sampling must be one of {', '.join(POINT_SAMPLING)}, got {sampling!r}")
+
+
 def augmented_views(points: np.ndarray, normals: np.ndarray | None, rng: np.random.Generator,
                     augment: PointAugment | None, up: str, views: int = 1) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """``views`` independent augmentations of one cloud (N, 3): {"points" (N, 3), "normals"?
@@ -116,7 +145,7 @@ def augmented_views(points: np.ndarray, normals: np.ndarray | None, rng: np.rand
     first_affine = np.eye(4)
     clouds = []
     for v in range(views):
-        affine = random_point_affine(rng, augment, up) if augment else np.eye(4)
+        affine = random_point_affine(rng, augment, up, points) if augment else np.eye(4)
         first_affine = affine if v == 0 else first_affine
         clouds.append(augment_cloud(points, normals if v == 0 else None, affine, rng, augment))
     out = dict(clouds[0])
@@ -174,7 +203,8 @@ class MultimodalDataset(Dataset):
     matrices follow), for methods that contrast point views (CrossPoint).
 
     split: "train", "test" or None (all); num_points: the first N stored points (stored in
-    farthest-point order, so any prefix is well spread; default all); views_per_sample: k
+    farthest-point order, so any prefix is well spread; default all); point_sampling: "first"
+    (those first N) or "random" (N of all stored points, uniformly, new each epoch); views_per_sample: k
     views drawn without replacement; image_size: output side S (default the stored size);
     point_augment / image_augment: None for none (evaluation). The mesh features are returned
     as stored (MeshNet's own augmentation, if wanted, belongs to the method using them).
@@ -193,8 +223,12 @@ class MultimodalDataset(Dataset):
         modalities: tuple[str, ...] = ("points", "images", "mesh"),
         seed: int = 0,
         point_views: int = 1,
+        point_sampling: str = "first",
     ):
         self.root = Path(root)
+        if point_sampling not in POINT_SAMPLING:
+            raise ValueError(f"point_sampling must be one of {', '.join(POINT_SAMPLING)}, got {point_sampling!r}")
+        self.point_sampling = point_sampling
         if point_views < 1:
             raise ValueError(f"point_views must be at least 1, got {point_views}")
         self.point_views = point_views
@@ -236,7 +270,8 @@ class MultimodalDataset(Dataset):
         item: dict[str, torch.Tensor | int] = {"label": int(entry["label"]), "index": i}
         affine = np.eye(4)
         if "points" in self.modalities:
-            clouds, affine = augmented_views(arrays["points"][: self.num_points], arrays["normals"][: self.num_points],
+            keep = sampled_points(len(arrays["points"]), self.num_points, self.point_sampling, rng)
+            clouds, affine = augmented_views(arrays["points"][keep], arrays["normals"][keep],
                                              rng, self.point_augment, self.settings.up, self.point_views)
             item.update(clouds)
         if "images" in self.modalities:
@@ -294,12 +329,14 @@ class AugmentedClouds(Dataset):
     the built-in shapes): items {"points" (N, 3), "normals"? , "label", "index"} after
     ``augment``, plus "point_views" (V, N, 3) when ``point_views`` > 1. Draws come from
     ``default_rng([seed, epoch, index])`` as in MultimodalDataset. up: the axis rotations turn
-    about (the dataset's own when it knows it, else z)."""
+    about (the dataset's own when it knows it, else z). num_points: draw this many of each
+    cloud's points uniformly at random, new each epoch (None: use the cloud as read)."""
 
     def __init__(self, clouds: Dataset, augment: PointAugment | None = PointAugment(), point_views: int = 1,
-                 seed: int = 0, up: str | None = None):
+                 seed: int = 0, up: str | None = None, num_points: int | None = None):
         if point_views < 1:
             raise ValueError(f"point_views must be at least 1, got {point_views}")
+        self.num_points = num_points
         self.clouds, self.augment, self.point_views, self.seed = clouds, augment, point_views, seed
         self.up = up or getattr(clouds, "up_axis", None) or "z"
         self.epoch = 0
@@ -315,6 +352,13 @@ class AugmentedClouds(Dataset):
         if "error" in item:
             raise DataFormatError(getattr(self.clouds, "source", "dataset"), item["error"])
         rng = np.random.default_rng([self.seed, self.epoch, i])
+        points = np.asarray(item["points"])
         normals = np.asarray(item["normals"]) if "normals" in item else None
-        clouds, _ = augmented_views(np.asarray(item["points"]), normals, rng, self.augment, self.up, self.point_views)
+        if self.num_points is not None:
+            try:
+                keep = sampled_points(len(points), self.num_points, "random", rng)
+            except ValueError as err:
+                raise DataFormatError(getattr(self.clouds, "source", "dataset"), f"item {i}: {err}") from None
+            points, normals = points[keep], (normals[keep] if normals is not None else None)
+        clouds, _ = augmented_views(points, normals, rng, self.augment, self.up, self.point_views)
         return {**clouds, "label": int(item["label"]), "index": i}

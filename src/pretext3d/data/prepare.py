@@ -16,7 +16,7 @@ import traceback
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -59,6 +59,7 @@ class PrepareSummary:
     views: int
     store_bytes: int
     counts: dict
+    without_renders: list[str] = field(default_factory=list)  # objects left out: no 3D-R2N2 renders
 
     @property
     def views_per_second(self) -> float:
@@ -212,9 +213,34 @@ def prepare(
         if stored < settings.points:
             raise DataFormatError(source.path, f"has {stored} points per cloud, fewer than the {settings.points} asked for")
     objects = source.objects()
+    without_renders: list[str] = []
+    if settings.renders:
+        objects, without_renders = _with_renders(source, settings, objects)
     # one process per shard of a store: shards may run side by side, the same shard twice may not
     with folder_lock(root, f"prepare of shard {shard[0]}/{shard[1]}", f".lock-{shard[0]}-of-{shard[1]}"):
-        return _prepare_shard(source, root, settings, objects, shard, workers, limit, progress, start)
+        summary = _prepare_shard(source, root, settings, objects, shard, workers, limit, progress, start)
+    summary.without_renders = without_renders
+    return summary
+
+
+def _with_renders(source: Source, settings: StoreSettings, objects: list[SourceObject]
+                  ) -> tuple[list[SourceObject], list[str]]:
+    """The objects that have a 3D-R2N2 rendering folder, and the names of those without (the
+    renders cover 13 of ShapeNet's 55 categories: the others are left out, not failed)."""
+    from pretext3d.data.r2n2 import rendering_folder
+
+    renders = Path(settings.renders)
+    if not renders.is_dir():
+        raise DataFormatError(renders, "is not a folder (expected ShapeNetRendering/<synset>/<id>/rendering/)")
+    if source.kind != "mesh":
+        raise DataFormatError(source.path, "holds point clouds: the 3D-R2N2 cameras are in the ShapeNetCore v1 "
+                                           "meshes' frame, so --renders needs the ShapeNetCore meshes")
+    kept = [o for o in objects if rendering_folder(renders, o.name).is_dir()]
+    if not kept:
+        raise DataFormatError(renders, f"has no rendering folder for any object of {source.path} (expected "
+                                       f"<synset>/<id>/rendering/ for objects named like {objects[0].name!r})")
+    left_out = sorted({o.name for o in objects} - {o.name for o in kept})
+    return kept, left_out
 
 
 def _prepare_shard(source: Source, root: Path, settings: StoreSettings, objects: list[SourceObject],

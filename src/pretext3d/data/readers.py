@@ -114,7 +114,8 @@ def open_splits(
     """Open the train and test splits of a dataset in any supported format (detected).
 
     num_points: points per cloud (None: as stored for pre-sampled formats, 1024 for meshes);  subsample: how pre-sampled clouds with more points are cut
-    (first N / random / FPS);  seed: seeds random subsampling and mesh sampling;  subset:
+    (first N / random / FPS; for meshes, "random" gives uniform random surface samples, any
+    other value FPS-spread ones);  seed: seeds random subsampling and mesh sampling;  subset:
     ``"modelnet10"`` for the 10-class view;  on_error: for folder formats read lazily, whether
     a malformed file raises or is skipped (its item carries an "error" and batch jobs report it).
     ScanObjectNN's variant rides on the path: ``h5_files:pb_t50_rs`` (obj_only, obj_bg,
@@ -128,9 +129,9 @@ def open_splits(
     elif fmt == "normal_resampled":
         splits = _read_normal_resampled(Path(path), num_points, subsample, seed, on_error)
     elif fmt == "modelnet_meshes":
-        splits = _read_mesh_folder(Path(path), num_points or 1024, seed, on_error, modelnet_layout=True)
+        splits = _read_mesh_folder(Path(path), num_points or 1024, seed, on_error, True, subsample)
     elif fmt == "mesh_folder":
-        splits = _read_mesh_folder(Path(path), num_points or 1024, seed, on_error, modelnet_layout=False)
+        splits = _read_mesh_folder(Path(path), num_points or 1024, seed, on_error, False, subsample)
     elif fmt == "scanobjectnn":
         splits = _read_scanobjectnn(path, num_points, subsample, seed)
     elif fmt == "builtin":
@@ -512,8 +513,10 @@ def _readable_file(path: Path) -> bool:
         return False
 
 
-def _read_mesh_folder(path: Path, num_points: int, seed: int, on_error: OnError,
-                      modelnet_layout: bool) -> dict[str, PointCloudDataset]:
+def _read_mesh_folder(path: Path, num_points: int, seed: int, on_error: OnError, modelnet_layout: bool,
+                      subsample: Subsample = "fps") -> dict[str, PointCloudDataset]:
+    """Meshes sampled area-weighted: 4x then cut to N by FPS (evenly spread), or with
+    ``subsample="random"`` N uniform random surface samples (no FPS)."""
     classes, found = _mesh_files(path)
     if not found:
         raise DataFormatError(path, f"holds no mesh files ({', '.join(MESH_SUFFIXES)}) in class folders")
@@ -533,7 +536,8 @@ def _read_mesh_folder(path: Path, num_points: int, seed: int, on_error: OnError,
     for split, items in per_split.items():
         files = [f for f, _ in items]
         names = [_mesh_name(path, f) for f in files]
-        loader = mesh_cloud_loader(num_points, oversample=4, seed=seed, normalize=True, load=load_mesh, names=names)
+        oversample = 1 if subsample == "random" else 4
+        loader = mesh_cloud_loader(num_points, oversample=oversample, seed=seed, normalize=True, load=load_mesh, names=names)
         out[split] = LazyPointClouds(files, np.array([lab for _, lab in items], dtype=np.int64), classes, names,
                                      split, str(path), loader, num_points, has_normals=True,
                                      up_axis="z" if modelnet_layout else None, on_error=on_error)

@@ -43,13 +43,16 @@ class SourceObject:
 
 @dataclass
 class LoadedObject:
-    """What one source object holds: a mesh, or points (M, 3) with optional normals (M, 3)."""
+    """What one source object holds: a mesh, or points (M, 3) with optional normals (M, 3).
+    centre, scale: once normalised, ``normalised = (original - centre) / scale``."""
 
     mesh: Mesh | None = None
     points: np.ndarray | None = None
     normals: np.ndarray | None = None
     origin: str = ""
     estimated_normals: bool = False
+    centre: np.ndarray | None = None
+    scale: float = 1.0
 
 
 @dataclass

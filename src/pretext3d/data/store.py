@@ -82,6 +82,7 @@ class StoreSettings:
     depth: bool = False
     grayscale: bool = False
     camera_distance: float = 2.5
+    renders: str | None = None  # a 3D-R2N2 ShapeNetRendering folder: its images and cameras instead of rendering
 
     def cameras(self, key: str) -> Cameras:
         """This object's cameras (random layouts are seeded by the object's key)."""
@@ -167,8 +168,8 @@ def normalize_object(loaded: LoadedObject) -> LoadedObject:
     from pretext3d.render.splat import estimate_normals
 
     if loaded.mesh is not None:
-        mesh, _, _ = normalize_mesh(loaded.mesh.validate(loaded.origin))
-        return LoadedObject(mesh=mesh, origin=loaded.origin)
+        mesh, centre, scale = normalize_mesh(loaded.mesh.validate(loaded.origin))
+        return LoadedObject(mesh=mesh, origin=loaded.origin, centre=centre, scale=scale)
     cloud = normalize_unit_sphere(np.asarray(loaded.points, np.float64))
     normals = estimate_normals(cloud) if loaded.normals is None else np.asarray(loaded.normals, np.float64)
     return LoadedObject(points=cloud, normals=normals, origin=loaded.origin, estimated_normals=loaded.normals is None)
@@ -212,7 +213,16 @@ def prepare_object(source: Source, obj: SourceObject, settings: StoreSettings, r
         keep = _fps_indices(loaded.points, settings.points, seed)  # FPS order: every prefix is well spread
         points, normals = loaded.points[keep], loaded.normals[keep]
         meta = {"source_points": len(loaded.points)}
-    views = render_views(loaded, settings.cameras(obj.key), settings, points, normals)
+    if settings.renders:
+        from pretext3d.data.r2n2 import r2n2_views, rendering_folder
+
+        views = r2n2_views(rendering_folder(settings.renders, obj.name), loaded.centre, loaded.scale,
+                           settings.image_size, settings.grayscale)
+        if len(views) != settings.views:
+            raise DataFormatError(rendering_folder(settings.renders, obj.name),
+                                  f"holds {len(views)} renders, not the store's {settings.views}")
+    else:
+        views = render_views(loaded, settings.cameras(obj.key), settings, points, normals)
     png, offsets = encode_images(views.images, views.mask)
     arrays.update(
         points=np.asarray(points, np.float32), normals=np.asarray(normals, np.float32),

@@ -43,10 +43,12 @@ __all__ = ["PretextConfig", "Pairs", "balanced_pairs", "best_threshold", "pair_d
 @dataclass
 class PretextConfig(StoreProtocolConfig):
     """pairs_factor: pairs per test object; threshold_objects: training objects the distance
-    thresholds are fitted on."""
+    thresholds are fitted on; raw_distances: cross-view distances of the image features as they
+    are (Jing et al. Table 2), not of L2-normalised ones."""
 
     pairs_factor: int = 10
     threshold_objects: int = 1024
+    raw_distances: bool = False
 
 
 @dataclass
@@ -76,10 +78,11 @@ def balanced_pairs(num_objects: int, num_views: int, count: int, rng: np.random.
     return Pairs(first, first_view, second, second_view, second == first)
 
 
-def pair_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a, b: (P, D) -> (P,) |a/|a| - b/|b||_2 (in [0, 2])."""
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+def pair_distances(a: np.ndarray, b: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """a, b: (P, D) -> (P,) |a/|a| - b/|b||_2 (in [0, 2]); normalize=False: |a - b|_2."""
+    if normalize:
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     return np.linalg.norm(a - b, axis=1)
 
 
@@ -158,9 +161,9 @@ def run_pretext(cfg: PretextConfig, log: Callable[[str], None] = print) -> dict[
              for tag, split in enumerate(("train", "test"))}
     results: dict[str, Any] = {}
     enc = {split: embedded[split].features for split in ("train", "test")}
-    distances = {split: pair_distances(enc[split]["image"][p.first, p.first_view], enc[split]["image"][p.second, p.second_view])
-                 for split, p in pairs.items()}
-    results["cross_view"] = {"space": "image encoder, L2-normalised",
+    distances = {split: pair_distances(enc[split]["image"][p.first, p.first_view], enc[split]["image"][p.second, p.second_view],
+                                       normalize=not cfg.raw_distances) for split, p in pairs.items()}
+    results["cross_view"] = {"space": "image encoder, raw features" if cfg.raw_distances else "image encoder, L2-normalised",
                              **_distance_summary(distances["train"], pairs["train"].same, distances["test"], pairs["test"].same)}
     if "points" in wanted and fusion is not None:
         results["cross_modal_classifier"] = {

@@ -18,6 +18,7 @@ from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
 from pretext3d.eval.features import Features, calibrate_batchnorm, extract_features
 from pretext3d.eval.linear_svm import DEFAULT_C_GRID, fit_linear_svm
 from pretext3d.eval.options import CacheOptions, RuntimeOptions, WeightsOptions
+from pretext3d.eval.presets import format_preset, preset_record
 from pretext3d.models import build_backbone
 from pretext3d.runs import CheckpointError, backbone_file, load_backbone, provenance
 from pretext3d.utils.device import resolve_device
@@ -61,6 +62,7 @@ class LinearSVMConfig(FeatureConfig):
     folds: int = 3
     svm: str = "svc"
     standardize: bool = False
+    preset: str | None = None  # a published protocol's settings (eval/presets.py), applied by apply_preset
 
 
 @dataclass
@@ -265,6 +267,7 @@ def _report(cfg: LinearSVMConfig, extracted: list[SplitFeatures], per_seed: list
         "test_size": per_seed[0]["test_size"],
         "svm": cfg.svm,
         "standardize": cfg.standardize,
+        "preset": preset_record("linear-svm", cfg.preset),
         "skipped": skipped_items(extracted),
         "per_seed": per_seed,
         "config": config_record(cfg),
@@ -313,4 +316,4 @@ def format_linear_svm(report: dict) -> str:
     lines[0] += f", {report['train_size']} train / {report['test_size']} test"
     lines[2:2] = [f"  accuracy        {acc}   (class mean {cls}, seeds {' '.join(map(str, seeds))})",
                   f"  C               {report['C']:g}   ({report['C_selection']})"]
-    return "\n".join(lines + format_skipped(report))
+    return "\n".join(lines + format_preset(report.get("preset")) + format_skipped(report))

@@ -176,13 +176,14 @@ def pointwise_and_pool(
 
 
 class ProjectionHead(nn.Module):
-    """CrossPoint/SimCLR projection: Linear -> BatchNorm1d -> ReLU -> Linear. (B, D) -> (B, P)."""
+    """CrossPoint/SimCLR projection: Linear -> BatchNorm1d -> ReLU -> Linear. (B, D) -> (B, P).
+    bias=False: both linear layers without bias (CrossPoint's official image head)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int = 256):
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int = 256, bias: bool = True):
         super().__init__()
-        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.fc1 = nn.Linear(in_dim, hidden_dim, bias=bias)
         self.bn = nn.BatchNorm1d(hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, out_dim)
+        self.fc2 = nn.Linear(hidden_dim, out_dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(F.relu(self.bn(self.fc1(x))))

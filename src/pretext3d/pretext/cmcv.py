@@ -17,9 +17,10 @@ and the cloud feature q = F_p(P_b):
            over the 3B pairs; CE over the classifier's two logits: a binary cross entropy)
     L    = L_cv + beta * L_cm
 
-Eq. 1 takes the distances between the raw image features (``normalize_triplet=False``, the
-paper recipe; the default True L2-normalises them, since with raw features the network can meet
-any margin by scaling them, and uses unsquared distances; the paper's are squared). The paper
+Eq. 1 takes the squared distances between the raw image features (``normalize_triplet=False``
+and ``squared_distances=True``, the paper recipe; the defaults L2-normalise the features, since
+with raw features the network can meet any margin by scaling them, and use unsquared
+distances, L_cv above). The paper
 gives neither alpha nor beta: alpha = 0.2 (FaceNet's margin for unit vectors) and beta = 1 are
 choices; Eq. 2 sums the three pairs of a sample while the code averages over the 3B pairs, so
 ``cm_weight=3`` (the paper recipe) is the paper's form with beta = 1. The exported backbone is F_p.
@@ -61,7 +62,9 @@ class CMCV(PretextMethod):
 
     backbone / backbone_config: F_p (default the paper's DGCNN, ``JING_DGCNN``); image_encoder:
     F_img (resnet18 | resnet50); image_weights: optional torchvision weights to start F_img from;
-    margin: alpha; cm_weight: beta; fusion_hidden: F_f's hidden width. backbone and image_encoder
+    margin: alpha; cm_weight: beta; fusion_hidden: F_f's hidden width; normalize_triplet:
+    L2-normalise F_img's features before the triplet; squared_distances: the triplet on squared
+    distances (Eq. 1). backbone and image_encoder
     may also be modules (encoders shared in a composed recipe).
     """
 
@@ -70,7 +73,8 @@ class CMCV(PretextMethod):
 
     def __init__(self, backbone: str | nn.Module = "dgcnn", backbone_config: dict[str, Any] | None = None,
                  image_encoder: str | nn.Module = "resnet18", image_weights: str | None = None, margin: float = 0.2,
-                 cm_weight: float = 1.0, fusion_hidden: int = 256, normalize_triplet: bool = True):
+                 cm_weight: float = 1.0, fusion_hidden: int = 256, normalize_triplet: bool = True,
+                 squared_distances: bool = False):
         super().__init__()
         self.backbone_name = backbone_label(backbone)
         self.backbone_config = dict(JING_DGCNN if backbone_config is None and backbone == "dgcnn" else backbone_config or {})
@@ -79,6 +83,7 @@ class CMCV(PretextMethod):
         self.fusion = nn.Sequential(nn.Linear(self.image_encoder.feature_dim + self.backbone.global_dim, fusion_hidden),
                                     nn.ReLU(), nn.Linear(fusion_hidden, 2))
         self.margin, self.cm_weight, self.normalize_triplet = margin, cm_weight, normalize_triplet
+        self.squared_distances = squared_distances
 
     def pair_classifier(self) -> nn.Module:
         """F_f: [image feature; cloud feature] -> 2 logits (1: the same object)."""
@@ -111,6 +116,6 @@ class CMCV(PretextMethod):
         """(B, D) each -> triplet loss, mean anchor-positive and anchor-negative distances."""
         if self.normalize_triplet:
             anchor, positive, negative = (F.normalize(x, dim=1) for x in (anchor, positive, negative))
-        loss = triplet_loss(anchor, positive, negative, self.margin)
+        loss = triplet_loss(anchor, positive, negative, self.margin, squared=self.squared_distances)
         with torch.no_grad():
             return loss, (anchor - positive).norm(dim=1).mean(), (anchor - negative).norm(dim=1).mean()

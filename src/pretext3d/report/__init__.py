@@ -124,7 +124,13 @@ _SETTING_KEYS = ("dataset", "backbone", "weights", "num_points", "sampling", "fe
 
 
 def _settings(report: dict) -> list[tuple[str, str]]:
-    return [(k, str(report[k])) for k in _SETTING_KEYS if report.get(k) not in (None, "", [])]
+    rows = [(k, str(report[k])) for k in _SETTING_KEYS if report.get(k) not in (None, "", [])]
+    preset = report.get("preset")
+    if preset:  # a published protocol's settings, and what of that code is not reproduced
+        settings = ", ".join(f"{k}={v}" for k, v in preset["settings"].items())
+        rows.insert(0, ("preset", f"{preset['name']}: {preset['source']} ({settings}); not reproduced: "
+                                  + "; ".join(preset["not_reproduced"])))
+    return rows
 
 
 # --- figures from the backbone ----------------------------------------------------------------
