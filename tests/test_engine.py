@@ -66,6 +66,7 @@ def test_parae_trains_and_exports_a_loadable_backbone(clouds, tmp_path):
     summary = Trainer(method, clouds, settings, tmp_path / "run", log=lambda m: None).fit()
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == list(range(1, 41))
+    assert all(0 <= line["data_wait"] <= 1 and line["peak_memory_mib"] > 0 for line in lines)  # measured every log
     first, last = (sum(line["loss"] for line in part) / 7 for part in (lines[:7], lines[-7:]))
     assert last < first - 0.1  # the likelihood of the points improves
     assert summary["steps"] == 40

@@ -169,8 +169,12 @@ def test_presets_set_the_published_settings_and_refuse_contradictions():
     assert (few.query_split, few.standardize, few.C, few.runs, few.num_points) == ("train", True, 1.0, 50, 2048)
     record = preset_record("fewshot", "crosspoint")
     assert record["not_reproduced"][0].startswith("nothing is selected on the test split")
+    from pretext3d.eval.finetune import FinetuneConfig
+    from pretext3d.eval.semseg import SemsegConfig
+
+    configs = {"linear-svm": LinearSVMConfig, "fewshot": FewShotConfig, "partseg": FinetuneConfig, "semseg": SemsegConfig}
     for (protocol, name), preset in PRESETS.items():  # every preset names fields its protocol's config has
-        config = {"linear-svm": LinearSVMConfig, "fewshot": FewShotConfig}[protocol]
+        config = configs[protocol]
         assert set(preset.settings) <= set(config.__dataclass_fields__), (protocol, name)
 
 
@@ -229,6 +233,46 @@ def test_evaluate_fewshot_and_retrieval_cli_write_their_settings(tmp_path, capsy
 
 
 # --- fine-tuning ------------------------------------------------------------------------------
+
+
+def test_finetune_schedules_by_hand():
+    """cosine to --min-lr, or x gamma every step_epochs epochs (in steps: 100 items, batch 10 ->
+    10 steps per epoch)."""
+    from pretext3d.engine.trainer import learning_rate
+    from pretext3d.eval.finetune import FinetuneConfig, finetune_schedule
+
+    base = dict(task="partseg", data="x", checkpoint="run", epochs=50, batch_size=10, lr=0.1)
+    step = finetune_schedule(FinetuneConfig(**base, schedule="step", step_epochs=20, gamma=0.1), 100)
+    rates = [learning_rate(s, step.optimizer, step.schedule, step.steps) for s in (0, 199, 200, 399, 400)]
+    assert rates == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+    cosine = finetune_schedule(FinetuneConfig(**base, optimizer="sgd", momentum=0.5, min_lr=1e-3), 100)
+    assert cosine.optimizer.momentum == 0.5 and cosine.schedule.min_lr_ratio == pytest.approx(0.01)
+    assert learning_rate(cosine.steps, cosine.optimizer, cosine.schedule, cosine.steps) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="min_lr must lie in"):
+        finetune_schedule(FinetuneConfig(**base, min_lr=0.5), 100)
+
+
+def test_partseg_presets_and_the_crosspoint_training_set(tmp_path):
+    import dataclasses
+
+    from pretext3d.eval.finetune import FinetuneConfig, run_finetune
+    from pretext3d.eval.presets import apply_preset
+
+    common = dict(task="partseg", data="builtin:seed=0,train=5,test=2", backbone="pointnet", random_init=True,
+                  random_config={"emb_dims": 16}, num_points=2048)
+    cfg = apply_preset(FinetuneConfig(**common), "partseg", "crosspoint")
+    assert (cfg.train_splits, cfg.selection, cfg.optimizer, cfg.lr, cfg.min_lr, cfg.epochs, cfg.batch_size,
+            cfg.augment) == ("train+val", "last", "sgd", 0.1, 1e-3, 300.0, 8, False)
+    jing = apply_preset(FinetuneConfig(**common), "partseg", "jing")
+    assert (jing.optimizer, jing.lr, jing.schedule, jing.step_epochs) == ("adam", 0.003, "step", 20.0)
+    with pytest.raises(ValueError, match="leaves no validation split to select on"):
+        run_finetune(FinetuneConfig(**common, train_splits="train+val"), log=lambda m: None)
+    small = dataclasses.replace(cfg, epochs=1, num_points=64, batch_size=8, lr=0.01, min_lr=1e-4, fractions=[1.0])
+    report = run_finetune(small, log=lambda m: None)
+    run = report["runs"][0]
+    assert run["labelled"] == 56 + 14 and run["selected"]["rule"] == "the final weights"  # train + val objects
+    assert report["augmentation"] == "none" and report["schedule"].startswith("sgd lr 0.01 momentum 0.9")
+    assert report["preset"]["name"] == "crosspoint" and "final weights" in report["validation"]
 
 
 def test_holdout_and_label_fractions_are_stratified_disjoint_and_nested():

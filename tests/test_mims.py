@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from pretext3d.losses import nt_xent
+from pretext3d.losses import info_nce, nt_xent
 from pretext3d.models import mesh_inputs
-from pretext3d.pretext.mims import MIMS, batch_normalized, jitter_mesh_centres, orthogonality
+from pretext3d.pretext.mims import MIMS, batch_normalized, jitter_mesh_centres, orthogonality, rotate_mesh_faces
 
 TINY = {"backbone": "pointnet", "backbone_config": {"emb_dims": 16}, "mesh_config": {"emb_dims": 16, "num_kernels": 4},
         "projection_dim": 8, "hidden_dim": 16, "gather_distributed": False}
@@ -39,6 +39,72 @@ def test_orthogonality_known_answers():
     shifted = a + torch.tensor([3.0, -2.0])
     assert orthogonality(shifted, b).item() == pytest.approx(0.0, abs=1e-6)
     assert torch.allclose(batch_normalized(a * torch.tensor([[2.0], [5.0], [1.0], [3.0]])), batch_normalized(a))
+
+
+def test_orthogonality_with_objects_as_rows_known_answers():
+    """Eq. 8-9 as printed: |N(a) N(b)^T|_F^2 (B x B). Rows after centring: a -> (1, 0), (-1, 0)
+    and b -> (0, 1), (0, -1): every row of a is orthogonal to every row of b."""
+    a = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
+    b = torch.tensor([[5.0, 3.0], [5.0, 1.0]])
+    assert orthogonality(a, b, "rows").item() == pytest.approx(0.0, abs=1e-12)
+    # N(a) N(a)^T = [[1, -1], [-1, 1]]: four entries of squared size 1
+    assert orthogonality(a, a, "rows").item() == pytest.approx(4.0)
+    # the forms agree for a = b (both trace((A^T A)^2)) but not in general: here columns are
+    # uncorrelated over the batch (the columns form is 0) while rows are not orthogonal
+    c = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    d = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0], [-1.0, -1.0]])
+    assert orthogonality(c, d, "columns").item() == pytest.approx(0.0, abs=1e-12)
+    assert orthogonality(c, d, "rows").item() > 1.0
+    with pytest.raises(ValueError, match="ortho_form must be one of columns, rows"):
+        orthogonality(a, b, "diagonal")
+
+
+def test_mims_printed_loss_forms():
+    """contrast=info_nce: Eq. 6-7, one direction (view 1 -> 2; modality a -> b for a < b in the
+    order image, points, mesh); ortho_form=rows: Eq. 8-9."""
+    torch.manual_seed(1)
+    method = MIMS(contrast="info_nce", ortho_form="rows", **TINY)
+    heads = {m: [torch.randn(5, 8), torch.randn(5, 8)] for m in method.modalities}
+    specific = {m: [torch.randn(5, 8), torch.randn(5, 8)] for m in method.modalities}
+    out = method.losses(heads, specific)
+    pairs = [("image", "points"), ("image", "mesh"), ("points", "mesh")]
+    l_i = sum(info_nce(heads[m][a], heads[n][a], 0.1) for m, n in pairs for a in (0, 1)) / 2
+    l_s = sum(info_nce(specific[m][0], specific[m][1], 0.1) for m in method.modalities)
+    stack = lambda d, m: torch.cat(d[m])  # noqa: E731
+    l_o = sum(orthogonality(stack(heads, m), stack(specific, m), "rows") for m in method.modalities) \
+        + sum(orthogonality(stack(specific, m), stack(specific, n), "rows") for m, n in pairs)
+    assert out["invariant"].item() == pytest.approx(l_i.item(), rel=1e-6)
+    assert out["specific"].item() == pytest.approx(l_s.item(), rel=1e-6)
+    assert out["orthogonal"].item() == pytest.approx(l_o.item(), rel=1e-6)
+    # one direction: swapping the views changes L_S (NT-Xent would not)
+    swapped = method.losses(heads, {m: v[::-1] for m, v in specific.items()})
+    assert swapped["specific"].item() != pytest.approx(out["specific"].item())
+    with pytest.raises(ValueError, match="contrast must be one of nt_xent, info_nce"):
+        MIMS(contrast="triplet", **TINY)
+
+
+def test_mesh_rotation_turns_every_face_vector_about_the_axis():
+    faces, _ = mesh_inputs(mesh_batch(3, faces=16))
+    torch.manual_seed(4)
+    turned = rotate_mesh_faces(faces, "z")
+    vectors, turned_vectors = faces.view(3, 16, 5, 3), turned.view(3, 16, 5, 3)
+    torch.testing.assert_close(turned_vectors[..., 2], vectors[..., 2])  # the z components stay
+    torch.testing.assert_close(turned_vectors.norm(dim=-1), vectors.norm(dim=-1))  # lengths stay
+    # one rigid rotation per object: the angle between any two of its vectors is kept
+    dots = torch.einsum("bfki,bgli->bfkgl", vectors, vectors)
+    torch.testing.assert_close(torch.einsum("bfki,bgli->bfkgl", turned_vectors, turned_vectors), dots,
+                               atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(turned, faces)
+    with pytest.raises(ValueError, match="mesh_rotation_axis must be one of x, y, z"):
+        rotate_mesh_faces(faces, "w")
+    method = MIMS(mesh_rotation_axis="y", mesh_jitter=0.0, **TINY).train()
+    batch = mesh_batch(2, faces=16)
+    torch.manual_seed(0)
+    a = method.encode("mesh", batch)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, method.encode("mesh", batch))  # a new turn per pass
+    method.eval()
+    torch.testing.assert_close(method.encode("mesh", batch), method.encode("mesh", batch))  # none in evaluation
 
 
 def test_mims_losses_follow_the_formula():

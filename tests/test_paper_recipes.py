@@ -70,3 +70,27 @@ def test_evaluations_of_a_variant_say_it_is_not_the_paper_setting(tmp_path):
                  "--points", "256", "--C", "1", "--no-cache", "--quiet", "--json", str(out)]) == 0
     weights_run = json.loads(out.read_text())["config"]["weights_run"]
     assert weights_run["run"] == str(run) and weights_run["paper_setting"] is False and weights_run["method"] == "picpoint"
+
+
+def test_the_gpu_benchmark_summary_by_hand(tmp_path):
+    """benchmarks/paper_recipes_gpu.py: the rate leaves out the first logged interval, the
+    projection is the full run's steps over that rate (worked by hand)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "paper_recipes_gpu", Path(__file__).resolve().parents[1] / "benchmarks" / "paper_recipes_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert set(bench.PAPER_RECIPES) == set(PAPER_RECIPES)  # every paper recipe is benchmarked
+    lines = [{"step": 10, "loss": 1.0, "seconds": 9.0, "data_wait": 0.5, "peak_memory_mib": 100.0},
+             {"step": 50, "loss": 0.5, "seconds": 29.0, "data_wait": 0.25, "peak_memory_mib": 300.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    # 40 steps in 20 s: 2 steps/s; cmcv's 120,000 steps: 60,000 s
+    row = bench.summarize(tmp_path, "cmcv", {"batch_size": 32, "paper_steps": 120000, "paper_epochs": None})
+    assert row["steps_per_second"] == pytest.approx(2.0) and row["samples_per_second"] == pytest.approx(64.0)
+    assert row["projected_hours"] == pytest.approx(60000 / 3600) and row["data_wait"] == 0.25
+    # crosspoint: 100 epochs of 43,783 objects in batches of 20 -> 100 * 2189 steps
+    row = bench.summarize(tmp_path, "crosspoint_dgcnn", {"batch_size": 20, "paper_steps": None, "paper_epochs": 100})
+    assert row["full_steps"] == 218_900 and row["projected_hours"] == pytest.approx(218_900 / 2 / 3600)
+    assert all(name in bench.PAPER_TRAIN_OBJECTS or load_recipe(name)["steps"] for name in bench.PAPER_RECIPES)

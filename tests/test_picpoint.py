@@ -119,11 +119,14 @@ def test_picpoint_loss_parts_and_what_trains_at_which_rate(tmp_path):
     assert method.point_local_out.weight.grad.abs().sum() > 0 and method.image_local.weight.grad.abs().sum() > 0
     assert method.pose[0].weight.grad.abs().sum() > 0  # the view matrix reaches the local 3D head
     groups = trainable_groups(method)
-    assert [g["lr_scale"] for g in groups] == [1.0, 0.05]
+    assert [g["lr_scale"] for g in groups] == [1.0, 0.05, 1.0]  # rest, image encoder, image heads
     assert len(groups[1]["params"]) == len(list(method.image_encoder.parameters()))
+    heads = {id(p) for p in [*method.image_global.parameters(), *method.image_local.parameters()]}
+    assert {id(p) for p in groups[2]["params"]} == heads and not heads & {id(p) for p in groups[0]["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(method.parameters()))  # each parameter once
     save_file({k: v.contiguous() for k, v in resnet18(num_classes=1000).state_dict().items()}, str(tmp_path / "r18.safetensors"))
-    frozen = tiny_picpoint(image_weights=str(tmp_path / "r18.safetensors"))
-    assert [g["lr_scale"] for g in trainable_groups(frozen)] == [1.0]  # a pretrained 2D encoder is frozen
+    frozen = tiny_picpoint(image_weights=str(tmp_path / "r18.safetensors"), image_heads_lr_scale=0.05)
+    assert [g["lr_scale"] for g in trainable_groups(frozen)] == [1.0, 0.05]  # the encoder frozen; the heads at 5e-5
     frozen.train()
     assert not frozen.image_encoder.training  # and its BatchNorm statistics stay
 

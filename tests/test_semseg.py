@@ -240,3 +240,26 @@ def test_bad_splits_and_options_give_clear_errors(tmp_path):
         run_semseg(SemsegConfig(data="x", random_init=True, backbone="pointnet", stride=2.0))
     with pytest.raises(SystemExit):  # --checkpoint and --random-init exclude each other
         parse("--data", "x", "--random-init", "--checkpoint", "c")
+
+
+def test_train_areas_and_the_parae_preset(tmp_path):
+    """--train-areas keeps the training rooms of those areas; --preset parae (a single training
+    area, tested on Area 5) needs exactly one of them."""
+    from pretext3d.eval.semseg import _open_rooms
+
+    write_tiny_s3dis(tmp_path / "s3dis")
+    cfg = semseg_config(parse("--data", str(tmp_path / "s3dis"), "--test-area", "3", "--train-areas", "2",
+                              "--random-init", "--backbone", "pointnet"))
+    rooms = _open_rooms(cfg)
+    assert set(rooms["train"].areas.tolist()) == {2} and rooms["train"].names and set(rooms["test"].areas.tolist()) == {3}
+    with pytest.raises(ValueError, match=r"holds no rooms of training area\(s\) \[4\]"):
+        _open_rooms(semseg_config(parse("--data", str(tmp_path / "s3dis"), "--test-area", "3", "--train-areas", "4",
+                                        "--random-init", "--backbone", "pointnet")))
+    with pytest.raises(ValueError, match="cannot also be a training area"):
+        _open_rooms(semseg_config(parse("--data", str(tmp_path / "s3dis"), "--test-area", "3", "--train-areas", "3",
+                                        "--random-init", "--backbone", "pointnet")))
+    preset = semseg_config(parse("--data", "x", "--preset", "parae", "--train-areas", "1", "--random-init",
+                                 "--backbone", "pointnet"))
+    assert preset.test_area == 5 and preset.train_areas == [1] and preset.preset == "parae"
+    with pytest.raises(ValueError, match="--preset parae needs --train-areas K, one area other than 5"):
+        semseg_config(parse("--data", "x", "--preset", "parae", "--random-init", "--backbone", "pointnet"))

@@ -228,15 +228,24 @@ def _add_finetune(sub: argparse._SubParsersAction, name: str, task: str) -> None
                    help="classification cross-entropy smoothing (default 0.2, as DGCNN)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="classification: share of train held out for validation")
     p.add_argument("--points", type=at_least(1), default=1024 if task == "classification" else 2048)
+    p.add_argument("--selection", choices=["val", "last"], default="val",
+                   help="val: the weights that do best on validation (default); last: the final weights")
+    if task == "partseg":
+        p.add_argument("--train-splits", choices=["train", "train+val"], default="train",
+                       help="train on the train split (default) or on train+val (CrossPoint; needs --selection last)")
+        _add_preset_argument(p, "partseg")
     p.set_defaults(func=_cmd_finetune, task=task)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from pretext3d.eval.finetune import FinetuneConfig, format_finetune, run_finetune
+    from pretext3d.eval.presets import apply_preset
 
     cfg = FinetuneConfig(**weights_options(args), **training_options(args), task=args.task, data=args.data,
-                         label_smoothing=args.label_smoothing, val_fraction=args.val_fraction, num_points=args.points)
-    return _run_protocol(args, run_finetune, cfg, format_finetune)
+                         label_smoothing=args.label_smoothing, val_fraction=args.val_fraction, num_points=args.points,
+                         selection=args.selection, train_splits=getattr(args, "train_splits", "train"))
+    protocol = "partseg" if args.task == "partseg" else "finetune-cls"
+    return _run_protocol(args, run_finetune, apply_preset(cfg, protocol, getattr(args, "preset", None)), format_finetune)
 
 
 # --- store protocols: multi-view recognition, pretext metrics ---------------------------------
@@ -311,15 +320,20 @@ def add_semseg_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the training rooms held out whole for model selection (default 0.1, at least one room)")
     add_training_arguments(p, "blocks", "label fractions: shares of the training rooms, e.g. 0.1 1 or 10%% 100%%")
+    p.add_argument("--train-areas", type=int, nargs="+",
+                   help="the areas trained on (default: every area but the test area; ParAE: a single one)")
+    _add_preset_argument(p, "semseg")
 
 
 def semseg_config(args: argparse.Namespace) -> SemsegConfig:
-    """The SemsegConfig of parsed ``add_semseg_arguments`` options."""
+    """The SemsegConfig of parsed ``add_semseg_arguments`` options (with its --preset applied)."""
+    from pretext3d.eval.presets import apply_preset
     from pretext3d.eval.semseg import SemsegConfig
 
-    return SemsegConfig(**weights_options(args), **training_options(args), data=args.data, test_area=args.test_area,
-                        features=args.features, block_size=args.block_size, stride=args.stride, num_points=args.points,
-                        val_fraction=args.val_fraction)
+    cfg = SemsegConfig(**weights_options(args), **training_options(args), data=args.data, test_area=args.test_area,
+                       features=args.features, block_size=args.block_size, stride=args.stride, num_points=args.points,
+                       val_fraction=args.val_fraction, train_areas=args.train_areas)
+    return apply_preset(cfg, "semseg", args.preset)
 
 
 def _add_semseg(sub: argparse._SubParsersAction) -> None:

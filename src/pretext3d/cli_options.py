@@ -232,6 +232,14 @@ def add_training_arguments(p: argparse.ArgumentParser, items: str, fractions_hel
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--schedule", choices=["cosine", "step"], default="cosine",
+                   help="cosine: to --min-lr at the last step (default); step: x --gamma every --step-epochs epochs")
+    p.add_argument("--min-lr", type=float, default=0.0, help="the cosine schedule's final rate (default 0)")
+    p.add_argument("--step-epochs", type=float, default=20.0, help="epochs between decays of the step schedule (default 20)")
+    p.add_argument("--gamma", type=float, default=0.1, help="the step schedule's decay factor (default 0.1)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train on the points as read (default: the protocol's augmentation)")
     p.add_argument("--validations", type=at_least(1), default=10, help="validation passes per run (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="keep the run folders here (default: a temporary folder)")
@@ -242,4 +250,6 @@ def training_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``TrainingOptions`` and ``RuntimeOptions`` fields of the training options."""
     return dict(**runtime_options(args), fractions=args.fractions, modes=args.modes, epochs=args.epochs,
                 min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                optimizer=args.optimizer, validations=args.validations, seed=args.seed, out=args.out)
+                optimizer=args.optimizer, momentum=args.momentum, schedule=args.schedule, min_lr=args.min_lr,
+                step_epochs=args.step_epochs, gamma=args.gamma, augment=args.augment, validations=args.validations,
+                seed=args.seed, out=args.out)

@@ -82,10 +82,9 @@ _worker: dict = {}
 
 
 def _init_worker(source: Source, settings: StoreSettings, root: Path, threads: int, parent: int | None = None) -> None:
+    if parent is not None:  # a pool worker: a killed `prepare` must not leave it running (armed before
+        die_with_parent(parent)  # the slow torch import, so a parent killed meanwhile is noticed sooner)
     import torch
-
-    if parent is not None:  # a pool worker: a killed `prepare` must not leave it running
-        die_with_parent(parent)
 
     torch.set_num_threads(threads)
     _worker.update(source=source, settings=settings, root=root)

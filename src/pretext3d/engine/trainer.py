@@ -13,7 +13,8 @@ engine knows nothing else of a method, of the models or of recipes. The trainer 
   batch, so a run's data does not depend on the number of processes;
 * gradient clipping, AMP (CUDA only), DDP (gloo on CPU, NCCL on GPU) with BatchNorm
   statistics over the global batch (``sync_bn.py`` on CPU, SyncBatchNorm on GPU);
-* a line per ``log_every`` steps with the loss parts, rate and ETA, ``metrics.jsonl`` and,
+* a line per ``log_every`` steps with the loss parts, rate, the share of the time spent waiting
+  for batches (``data_wait``) and ETA; ``metrics.jsonl`` (with ``peak_memory_mib``) and,
   optionally, TensorBoard event files;
 * checkpoints ``checkpoints/step-XXXXXXX/`` (weights in safetensors, optimiser state read
   back with ``weights_only=True``, RNG states, step) written to a temporary folder and renamed,
@@ -205,6 +206,16 @@ class _DoesNotFit(Exception):
     """A sound checkpoint whose weights do not fit the method (not damage: no fallback)."""
 
 
+def peak_memory_mib(device: torch.device) -> float:
+    """The most memory this process has held: on a GPU, the largest allocation of tensors;
+    on the CPU, the resident set's peak (what the operating system saw)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 class Trainer:
     """Trains ``method`` on ``dataset`` for ``config.steps`` steps into ``out``.
 
@@ -325,10 +336,12 @@ class Trainer:
         began, last_log = time.perf_counter(), None
         parts: dict[str, float] = {}
         step = start
+        self._waited, asked = 0.0, time.perf_counter()  # seconds spent waiting for batches
         self._board = self._tensorboard(start) if self.rank == 0 and config.tensorboard else None
         metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
         try:
             for step, batch in enumerate(loader, start=start):
+                self._waited += time.perf_counter() - asked
                 lr = learning_rate(step, config.optimizer, config.schedule, config.steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -356,6 +369,7 @@ class Trainer:
                     model.train()
                 if done % config.checkpoint_every == 0 and done < config.steps:
                     self._save(done, method, optimizer, scaler)
+                asked = time.perf_counter()
         finally:
             if metrics:
                 metrics.close()
@@ -382,8 +396,11 @@ class Trainer:
         eta = (self.config.steps - done) / rate if rate > 0 else float("inf")
         if self.rank == 0:
             shown = " ".join(f"{k} {v:.4f}" for k, v in parts.items())
-            self.log(f"step {done}/{self.config.steps} {shown} lr {lr:.2e} | {rate:.2f} steps/s, ETA {eta:.0f}s")
-            metrics.write(json.dumps({"step": done, **parts, "lr": lr, "seconds": elapsed}) + "\n")
+            wait = self._waited / elapsed if elapsed > 0 else 0.0
+            self.log(f"step {done}/{self.config.steps} {shown} lr {lr:.2e} | {rate:.2f} steps/s, "
+                     f"data wait {100 * wait:.0f}%, ETA {eta:.0f}s")
+            metrics.write(json.dumps({"step": done, **parts, "lr": lr, "seconds": elapsed, "data_wait": wait,
+                                      "peak_memory_mib": peak_memory_mib(self.device)}) + "\n")
             metrics.flush()
             if self._board:
                 for name, value in {**parts, "lr": lr}.items():

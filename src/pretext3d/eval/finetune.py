@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from pretext3d.data.splits import carve_validation
 from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig, Trainer
@@ -34,6 +34,7 @@ from pretext3d.eval.features import calibrate_batchnorm, collate_clouds
 from pretext3d.eval.linear_svm import accuracy_scores
 from pretext3d.eval.metrics import part_segmentation_miou
 from pretext3d.eval.options import RuntimeOptions, TrainingOptions, WeightsOptions
+from pretext3d.eval.presets import format_preset, preset_record
 from pretext3d.eval.protocols import config_record
 from pretext3d.geometry.transforms import random_scale, random_translate
 from pretext3d.models import build_backbone
@@ -275,6 +276,9 @@ class FinetuneConfig(WeightsOptions, TrainingOptions, RuntimeOptions):
     val_fraction: float = 0.1  # classification: held out of train for model selection
     num_points: int = 1024
     bn_calibration_clouds: int = 1024
+    train_splits: str = "train"  # partseg: "train" or "train+val" (then nothing is left to select on)
+    selection: str = "val"  # "val": the weights that do best on validation; "last": the final weights
+    preset: str | None = None  # a published protocol's settings (eval/presets.py), applied by apply_preset
 
 
 @contextmanager
@@ -290,13 +294,21 @@ def runs_folder(out: str | Path | None, prefix: str) -> Iterator[Path]:
 
 def finetune_schedule(cfg: Any, items: int) -> TrainConfig:
     """The training run of one fine-tuning: batches of min(batch_size, items) (at least 2),
-    max(min_steps, ceil(epochs x items / batch)) steps, cosine schedule, ``validations``
+    max(min_steps, ceil(epochs x items / batch)) steps, a cosine schedule to ``min_lr`` or a
+    step schedule (x ``gamma`` every ``step_epochs`` epochs, in steps), ``validations``
     validation passes. cfg: a fine-tuning config (FinetuneConfig, SemsegConfig)."""
     batch = max(2, min(cfg.batch_size, items))
     steps = max(1, cfg.min_steps, math.ceil(cfg.epochs * items / batch))
+    if cfg.schedule not in ("cosine", "step"):
+        raise ValueError(f"schedule must be cosine or step, got {cfg.schedule!r}")
+    if not 0 <= cfg.min_lr <= cfg.lr:
+        raise ValueError(f"min_lr must lie in [0, lr = {cfg.lr}], got {cfg.min_lr}")
+    schedule = ScheduleConfig(name=cfg.schedule, min_lr_ratio=cfg.min_lr / cfg.lr,
+                              step_size=max(1, math.ceil(cfg.step_epochs * items / batch)), gamma=cfg.gamma)
     return TrainConfig(steps=steps, batch_size=batch, seed=cfg.seed,
-                       optimizer=OptimConfig(name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay),
-                       schedule=ScheduleConfig(name="cosine"), log_every=max(1, steps // 20),
+                       optimizer=OptimConfig(name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                             momentum=cfg.momentum),
+                       schedule=schedule, log_every=max(1, steps // 20),
                        checkpoint_every=max(1, steps // 4), device=cfg.device,
                        validate_every=max(1, steps // max(1, cfg.validations)))
 
@@ -307,7 +319,12 @@ def _open_task_splits(cfg: FinetuneConfig) -> tuple[dict[str, Dataset], dict[int
         from pretext3d.data.shapenetpart import open_partseg
 
         splits = open_partseg(cfg.data, num_points=cfg.num_points, seed=cfg.seed, on_error="skip")
-        return splits, {int(k): list(v) for k, v in splits["train"].category_parts.items()}, splits["train"].num_parts
+        parts, num_parts = {int(k): list(v) for k, v in splits["train"].category_parts.items()}, splits["train"].num_parts
+        if cfg.train_splits == "train+val":  # CrossPoint's fine-tuning set (it then selects on test; we do not)
+            joined = ConcatDataset([splits["train"], splits["val"]])
+            joined.labels = np.concatenate([_labels_of(splits["train"]), _labels_of(splits["val"])])  # type: ignore[attr-defined]
+            splits = {**splits, "train": joined}
+        return splits, parts, num_parts
     if cfg.task != "classification":
         raise ValueError(f"task must be 'classification' or 'partseg', got {cfg.task!r}")
     from pretext3d.data.readers import open_splits
@@ -383,26 +400,29 @@ def _one_run(cfg: FinetuneConfig, splits: dict[str, Dataset], category_parts, nu
     freeze = mode == "frozen"
     if cfg.task == "classification":
         model: FineTuned = ShapeClassifier(backbone, name, config, num_outputs, freeze,
-                                            0.2 if cfg.label_smoothing is None else cfg.label_smoothing)
+                                            0.2 if cfg.label_smoothing is None else cfg.label_smoothing,
+                                            augment=cfg.augment)
     else:
-        model = PartSegmenter(backbone, name, config, num_outputs, category_parts, freeze)
+        model = PartSegmenter(backbone, name, config, num_outputs, category_parts, freeze, augment=cfg.augment)
     key, score = _scorer(cfg, category_parts, device)
     train_cfg = finetune_schedule(cfg, len(train))
     batch, steps = train_cfg.batch_size, train_cfg.steps
-    keeper = BestKeeper(out, lambda m: score(m, splits["val"]), key)
+    keeper = BestKeeper(out, lambda m: score(m, splits["val"]), key) if cfg.selection == "val" else None
     trainer = Trainer(model, train, train_cfg, out, collate=collate_clouds, log=log,
                       extra_config={"finetune": asdict(cfg), "fraction": fraction, "mode": mode},
                       validate=keeper)
     summary = trainer.fit(resume=(out / "checkpoints").exists())
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()  # rank 0 has written best.safetensors
-    from safetensors.torch import load_file
+    if keeper is not None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # rank 0 has written best.safetensors
+        from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(out / "best.safetensors"), device=str(device)))
+        model.load_state_dict(load_file(str(out / "best.safetensors"), device=str(device)))
     model.to(device)
     test = score(model, splits["test"])
+    selected = keeper.best if keeper is not None else {"step": steps, "rule": "the final weights"}
     return {"fraction": fraction, "mode": mode, "labelled": int(len(train)), "steps": steps, "batch_size": batch,
-            "weights": source, "selected": keeper.best, "test": test, "train_seconds": summary["seconds"]}
+            "weights": source, "selected": selected, "test": test, "train_seconds": summary["seconds"]}
 
 
 def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -410,6 +430,13 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
     for mode in cfg.modes:
         if mode not in ("frozen", "unfrozen"):
             raise ValueError(f"mode must be 'frozen' or 'unfrozen', got {mode!r}")
+    if cfg.train_splits not in ("train", "train+val") or (cfg.train_splits != "train" and cfg.task != "partseg"):
+        raise ValueError(f"train_splits must be 'train', or 'train+val' for partseg, got {cfg.train_splits!r}")
+    if cfg.selection not in ("val", "last"):
+        raise ValueError(f"selection must be 'val' or 'last', got {cfg.selection!r}")
+    if cfg.train_splits == "train+val" and cfg.selection == "val":
+        raise ValueError("training on train+val leaves no validation split to select on: use --selection last "
+                         "(the final weights; the test split is never used to select)")
     if cfg.task == "partseg" and cfg.label_smoothing:  # the category mask makes other parts impossible: no smoothing
         raise ValueError("part segmentation trains without label smoothing (its logits of parts outside the shape's "
                          "category are -inf); --label-smoothing applies to finetune-cls only")
@@ -431,16 +458,18 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
                                      architecture))
                 log(f"[finetune] test {key} {100 * runs[-1]['test'][key]:.2f}% (selected at step "
                     f"{runs[-1]['selected']['step']} on validation)")
+    report_protocol = "finetune-cls" if cfg.task == "classification" else "partseg"
     return {
-        "protocol": "finetune-cls" if cfg.task == "classification" else "partseg",
+        "protocol": report_protocol,
         "dataset": cfg.data,
         "train_size": len(splits["train"]),
         "val_size": len(splits["val"]),
         "test_size": len(splits["test"]),
-        "validation": ("stratified hold-out of the train split" if cfg.task == "classification" else "the dataset's val split")
-                      + "; the weights with the best validation score are tested once",
+        "validation": _selection_text(cfg),
         "label_fractions": "per class ceil(fraction x n), at least 1, from a seeded order (nested across fractions)",
-        "augmentation": "anisotropic scale [2/3, 3/2] and shift [-0.2, 0.2] per axis (DGCNN)",
+        "augmentation": "anisotropic scale [2/3, 3/2] and shift [-0.2, 0.2] per axis (DGCNN)" if cfg.augment else "none",
+        "schedule": schedule_text(cfg),
+        "preset": preset_record(report_protocol, cfg.preset),
         "runs": runs,
         "random_init_architecture": {"backbone": architecture[0], "config": architecture[1]} if architecture else None,
         "device": str(device),
@@ -450,11 +479,28 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
     }
 
 
+def _selection_text(cfg: FinetuneConfig) -> str:
+    if cfg.selection == "last":
+        return f"none: the final weights are tested once (trained on {cfg.train_splits})"
+    return (("stratified hold-out of the train split" if cfg.task == "classification" else "the dataset's val split")
+            + "; the weights with the best validation score are tested once")
+
+
+def schedule_text(cfg: Any) -> str:
+    """The optimiser and schedule of a fine-tuning config, in words (reports)."""
+    rate = f"{cfg.optimizer} lr {cfg.lr:g}" + (f" momentum {cfg.momentum:g}" if cfg.optimizer == "sgd" else "")
+    rate += f", weight decay {cfg.weight_decay:g}"
+    if cfg.schedule == "step":
+        return f"{rate}, x{cfg.gamma:g} every {cfg.step_epochs:g} epochs"
+    return f"{rate}, cosine to {cfg.min_lr:g}"
+
+
 def format_finetune(report: dict) -> str:
     seg = report["protocol"] == "partseg"
     lines = [f"{report['protocol']}  {report['dataset']} ({report['train_size']} train / {report['val_size']} val / "
              f"{report['test_size']} test); weights {report['runs'][0]['weights']}",
              f"  selection       {report['validation']}",
+             f"  training        {report.get('schedule', '')}; augmentation {report.get('augmentation', '')}",
              f"  {'labels':>8s} {'backbone':>9s} {'objects':>8s} {'steps':>6s} {'best step':>10s}  "
              + ("instance mIoU  class mIoU" if seg else "accuracy  class mean")]
     for run in report["runs"]:
@@ -463,4 +509,4 @@ def format_finetune(report: dict) -> str:
                   f"{100 * test['accuracy']:7.2f}% {100 * test['class_mean_accuracy']:10.2f}%")
         lines.append(f"  {100 * run['fraction']:7g}% {run['mode']:>9s} {run['labelled']:8d} {run['steps']:6d} "
                      f"{run['selected']['step']:10d}  {values}")
-    return "\n".join(lines)
+    return "\n".join(lines + format_preset(report.get("preset")))

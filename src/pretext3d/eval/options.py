@@ -110,6 +110,12 @@ class TrainingOptions:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     optimizer: str = "adam"
+    momentum: float = 0.9  # sgd
+    schedule: str = "cosine"  # cosine (to min_lr) | step (x gamma every step_epochs)
+    min_lr: float = 0.0  # cosine: the final rate
+    step_epochs: float = 20.0  # step: epochs between decays
+    gamma: float = 0.1  # step: the decay factor
+    augment: bool = True  # the protocol's training augmentation (False: the points as read)
     validations: int = 10  # validation passes over a run (evenly spaced, the last after the final step)
     seed: int = 0
     out: str | None = None  # run folders; a temporary folder when None

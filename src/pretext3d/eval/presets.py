@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["Preset", "PRESETS", "presets_for", "apply_preset", "preset_record", "format_preset"]
 
@@ -31,6 +31,7 @@ class Preset:
     settings: dict[str, Any]
     not_reproduced: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    requires: tuple[tuple[str, Callable[[Any], bool], str], ...] = ()  # (field, check of its value, what to give)
 
 
 _CROSSPOINT = "MohamedAfham/CrossPoint"
@@ -52,6 +53,29 @@ PRESETS: dict[tuple[str, str], Preset] = {(p.protocol, p.name): p for p in (
         ("the script embeds with a 5-neighbour DGCNN graph; a pretext3d run keeps the k it was trained with",),
         ("queries come from the train split, disjoint from the support; features are standardised with the "
          "support set's statistics; 50 episodes per setting (the paper reports 10); all 2048 stored points",)),
+    Preset(
+        "crosspoint", "partseg", f"{_CROSSPOINT} train_partseg.py, scripts/script.sh",
+        {"train_splits": "train+val", "selection": "last", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+         "weight_decay": 1e-4, "schedule": "cosine", "min_lr": 1e-3, "epochs": 300.0, "batch_size": 8,
+         "num_points": 2048, "augment": False},
+        ("the script reports the epoch with the best test mIoU; here the final weights are tested once",
+         "the script rebuilds DGCNN with k = 40; a pretext3d checkpoint keeps the k it was trained with",
+         "label smoothing 0.2: pretext3d masks the logits of parts outside the shape's category, where smoothing "
+         "has no finite loss",
+         "DGCNN's part-segmentation head with the category vector: pretext3d's generic head unless the checkpoint "
+         "is a dgcnn-seg network")),
+    Preset(
+        "jing", "partseg", "Jing et al. (CVPRW 2021) Sec. 4.1 (no official code)",
+        {"optimizer": "adam", "lr": 0.003, "schedule": "step", "step_epochs": 20.0, "gamma": 0.1},
+        ("the paper's head on the four EdgeConv outputs and the global feature: pretext3d's generic head",),
+        ("epochs, batch size and weight decay are not stated: pretext3d's defaults",)),
+    Preset(
+        "parae", "semseg", "Eckart et al. (CVPR 2021) Sec. 4.4, Table 3 (no official code)",
+        {"test_area": 5},
+        ("the paper's training schedule and block protocol are not stated: pretext3d's",),
+        ("one training area, tested on Area 5: give it with --train-areas K (1, 2, 3, 4 or 6)",),
+        (("train_areas", lambda areas: areas is not None and len(areas) == 1 and areas[0] != 5,
+          "--train-areas K, one area other than 5 (the paper trains on a single area)"),)),
 )}
 
 
@@ -76,6 +100,9 @@ def apply_preset(cfg: Any, protocol: str, name: str | None) -> Any:
                  if getattr(cfg, key) != defaults.get(key) and getattr(cfg, key) != value]
     if conflicts:
         raise ValueError(f"--preset {name} sets {', '.join(conflicts)}: drop the option, or drop --preset")
+    for key, check, wanted in preset.requires:
+        if not check(getattr(cfg, key)):
+            raise ValueError(f"--preset {name} needs {wanted}")
     return dataclasses.replace(cfg, **preset.settings, preset=name)
 
 

@@ -43,10 +43,12 @@ from pretext3d.data.splits import carve_validation
 from pretext3d.engine.trainer import Trainer
 from pretext3d.eval.features import calibrate_batchnorm
 from pretext3d.eval.finetune import (
-    BestKeeper, FineTuned, finetune_schedule, load_finetune_backbone, label_fraction, runs_folder, segmentation_output,
+    BestKeeper, FineTuned, finetune_schedule, schedule_text, load_finetune_backbone, label_fraction, runs_folder,
+    segmentation_output,
 )
 from pretext3d.eval.metrics import confusion_matrix, scores_from_confusion
 from pretext3d.eval.options import RuntimeOptions, TrainingOptions, WeightsOptions
+from pretext3d.eval.presets import format_preset, preset_record
 from pretext3d.eval.protocols import config_record
 from pretext3d.models import BACKBONES
 from pretext3d.models.layers import PointFeatures
@@ -290,6 +292,8 @@ class SemsegConfig(WeightsOptions, TrainingOptions, RuntimeOptions):
     num_points: int = 4096  # per block
     val_fraction: float = 0.1  # of the training rooms, held out whole for model selection
     bn_calibration_blocks: int = 1024  # random init: training blocks for BatchNorm calibration
+    train_areas: list[int] | None = None  # the areas trained on (default: every area but the test area)
+    preset: str | None = None  # a published protocol's settings (eval/presets.py), applied by apply_preset
 
     @property
     def test_stride(self) -> float:
@@ -375,6 +379,16 @@ def _open_rooms(cfg: SemsegConfig) -> dict[str, SemSegRooms]:
     rooms = open_semseg(cfg.data, cfg.test_area)  # DataFormatError (a ValueError) names a missing test area
     if len(rooms["train"]) == 0:
         raise ValueError(f"{cfg.data}: no training rooms: every room lies in the test area Area_{cfg.test_area}")
+    if cfg.train_areas:
+        if cfg.test_area in cfg.train_areas:
+            raise ValueError(f"the test area {cfg.test_area} cannot also be a training area")
+        train = rooms["train"]
+        missing = sorted(set(cfg.train_areas) - set(train.areas.tolist()))
+        if missing:
+            raise ValueError(f"{cfg.data}: holds no rooms of training area(s) {missing} (it has "
+                             f"{sorted(set(train.areas.tolist()))})")
+        kept = [room for room in train.rooms if room[0] in cfg.train_areas]
+        rooms = {**rooms, "train": SemSegRooms(kept, train.layout, train.split, train.source, train.on_error)}
     return rooms
 
 
@@ -498,6 +512,8 @@ def run_semseg(cfg: SemsegConfig, log: Callable[[str], None] = print) -> dict[st
         "bn_calibration": (f"random init: BatchNorm statistics averaged over up to {cfg.bn_calibration_blocks} training "
                            "blocks before training" if cfg.random_init else None),
         "augmentation": "none",
+        "schedule": schedule_text(cfg),
+        "preset": preset_record("semseg", cfg.preset),
         "runs": runs,
         "device": str(device),
         "seconds": time.perf_counter() - start,
@@ -533,4 +549,4 @@ def format_semseg(report: dict) -> str:
     for run in report["runs"]:
         ious = " ".join(f"{name} {_percent(v)}" for name, v in run["test"]["per_class_iou"].items())
         lines.append(f"  test IoU ({run['mode']}, {100 * run['fraction']:g}%): {ious}")
-    return "\n".join(lines)
+    return "\n".join(lines + format_preset(report.get("preset")))

@@ -16,15 +16,21 @@ N is the normalisation of Domain Separation Networks' difference loss (centre ea
 over the batch, unit-length rows). |N(A)^T N(B)|_F^2 = sum_{i,j} (a_i . a_j)(b_i . b_j) over row
 pairs is of the order of the number of rows at initialisation (measured: 30-55 per term for
 16-32 rows) and 0 when the two heads span orthogonal feature subspaces over the batch; hence the small default lambda = 0.01 (our choice).
+The paper's forms, as printed (``contrast="info_nce"``, ``ortho_form="rows"``; the paper
+recipe): Eq. 6-7 are one-directional InfoNCE (``losses.info_nce``), view 1 against view 2 and
+modality a against modality b for a < b in the order image, points, mesh, whose negatives come
+only from the other view or modality; Eq. 8-9 multiply with objects as rows,
+|N(H_I) N(H_S)^T|_F^2 (every object's invariant vector against every object's specific one).
 In L_O the rows of both augmentations are stacked ((2B, P) per modality; row b of one modality
 and row b of another are the same object). With a single modality L_I and the cross-modal part
 of L_O are zero.
 
 The two augmentations of each modality: points, two independent point augmentations
 (``point_views``); images, two different rendered views with their own crop, flip and colour
-jitter; meshes, MeshNet's training augmentation, a jitter of the face centres (sigma 0.01,
-clipped at 0.05) drawn anew for each augmentation, plus MeshNet's face masking (``mask_ratio``
-of the faces left out of the max-pool, a new draw per pass).
+jitter; meshes, a random rotation about ``mesh_rotation_axis`` (the paper's; off by default)
+and MeshNet's training augmentation, a jitter of the face centres (sigma 0.01, clipped at 0.05)
+drawn anew for each augmentation, plus MeshNet's face masking (``mask_ratio`` of the faces left
+out of the max-pool, a new draw per pass).
 
 The exported backbone is the point encoder (else the mesh encoder); ``fused_features`` gives
 the evaluation feature of several modalities (their encoders' global features, concatenated).
@@ -39,11 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretext3d.losses import nt_xent
+from pretext3d.losses import info_nce, nt_xent
 from pretext3d.models import ProjectionHead, backbone_label, backbone_module, build_backbone, image_encoder_module, mesh_inputs
 from pretext3d.pretext.base import DataNeeds, PretextMethod, register_method
 
-__all__ = ["MIMS", "MODALITIES", "batch_normalized", "mesh_inputs", "orthogonality", "jitter_mesh_centres"]
+__all__ = ["MIMS", "MODALITIES", "batch_normalized", "mesh_inputs", "orthogonality", "jitter_mesh_centres",
+           "rotate_mesh_faces"]
 
 MODALITIES = ("image", "points", "mesh")
 
@@ -57,15 +64,44 @@ def jitter_mesh_centres(faces: Tensor, sigma: float = 0.01, clip: float = 0.05) 
     return torch.cat([faces[..., :3] + noise, faces[..., 3:]], dim=-1)
 
 
+_AXES = {"x": 0, "y": 1, "z": 2}
+
+
+def rotate_mesh_faces(faces: Tensor, axis: str) -> Tensor:
+    """faces (B, F, 15) (centre | three corners - centre | normal) with every object turned
+    about ``axis`` by its own angle drawn uniformly from [0, 2 pi): a rigid rotation R applied to
+    each of the five 3-vectors of a face, v -> R v (Sec. 4.1's mesh augmentation)."""
+    if axis not in _AXES:
+        raise ValueError(f"mesh_rotation_axis must be one of x, y, z, got {axis!r}")
+    angle = torch.rand(faces.shape[0], device=faces.device, dtype=faces.dtype) * (2 * torch.pi)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    i, j = [a for a in range(3) if a != _AXES[axis]]
+    rotation = torch.eye(3, device=faces.device, dtype=faces.dtype).repeat(faces.shape[0], 1, 1)
+    rotation[:, i, i], rotation[:, i, j], rotation[:, j, i], rotation[:, j, j] = cos, -sin, sin, cos
+    vectors = faces.reshape(faces.shape[0], faces.shape[1], 5, 3)
+    return torch.einsum("bfkj,bij->bfki", vectors, rotation).reshape(faces.shape)
+
+
 def batch_normalized(h: Tensor) -> Tensor:
     """h: (B, P) -> rows of (h - column means) scaled to unit L2 norm."""
     return F.normalize(h - h.mean(dim=0, keepdim=True), dim=1)
 
 
-def orthogonality(a: Tensor, b: Tensor) -> Tensor:
-    """|N(a)^T N(b)|_F^2 for a, b: (B, P) (``batch_normalized``): 0 when every column of one is
-    orthogonal to every column of the other over the batch."""
-    return (batch_normalized(a).transpose(0, 1) @ batch_normalized(b)).square().sum()
+ORTHO_FORMS = ("columns", "rows")
+CONTRASTS = ("nt_xent", "info_nce")
+
+
+def orthogonality(a: Tensor, b: Tensor, form: str = "columns") -> Tensor:
+    """a, b: (B, P) -> |N(a)^T N(b)|_F^2 (``form="columns"``, P x P: 0 when every column of one
+    is orthogonal to every column of the other over the batch) or |N(a) N(b)^T|_F^2 (``"rows"``,
+    B x B, Eq. 8-9 as printed: 0 when every row of one is orthogonal to every row of the other);
+    N is ``batch_normalized``."""
+    a, b = batch_normalized(a), batch_normalized(b)
+    if form == "columns":
+        return (a.transpose(0, 1) @ b).square().sum()
+    if form == "rows":
+        return (a @ b.transpose(0, 1)).square().sum()
+    raise ValueError(f"ortho_form must be one of {', '.join(ORTHO_FORMS)}, got {form!r}")
 
 
 @register_method
@@ -78,7 +114,10 @@ class MIMS(PretextMethod):
     modalities: a non-empty subset of ("image", "points", "mesh"); backbone / backbone_config: the
     point encoder; image_encoder / image_weights: the image encoder (torchvision weights on disk
     optional); mesh_config: MeshNet's kwargs (emb_dims, mask_ratio, ...); projection_dim,
-    hidden_dim: the heads; alpha, beta, ortho_weight (lambda): the loss weights. backbone and
+    hidden_dim: the heads; alpha, beta, ortho_weight (lambda): the loss weights; contrast:
+    nt_xent (symmetric) or info_nce (Eq. 6-7, one direction); ortho_form: columns or rows (Eq.
+    8-9 as printed); mesh_rotation_axis: turn each mesh about this axis by a random angle in
+    training (Sec. 4.1; None: no rotation). backbone and
     image_encoder may also be modules (encoders shared in a composed recipe).
     """
 
@@ -96,8 +135,16 @@ class MIMS(PretextMethod):
                  image_weights: str | None = None, mesh_config: dict[str, Any] | None = None,
                  projection_dim: int = 256, hidden_dim: int = 512, temperature: float = 0.1, alpha: float = 1.0,
                  beta: float = 1.0, ortho_weight: float = 0.01, mesh_jitter: float = 0.01,
-                 gather_distributed: bool = True):
+                 gather_distributed: bool = True, contrast: str = "nt_xent", ortho_form: str = "columns",
+                 mesh_rotation_axis: str | None = None):
         super().__init__()
+        if mesh_rotation_axis is not None and mesh_rotation_axis not in _AXES:
+            raise ValueError(f"mesh_rotation_axis must be one of x, y, z or null, got {mesh_rotation_axis!r}")
+        self.mesh_rotation_axis = mesh_rotation_axis
+        if contrast not in CONTRASTS or ortho_form not in ORTHO_FORMS:
+            raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)} and ortho_form one of "
+                             f"{', '.join(ORTHO_FORMS)}, got {contrast!r} and {ortho_form!r}")
+        self.contrast, self.ortho_form = contrast, ortho_form
         unknown = [m for m in modalities if m not in MODALITIES]
         if not modalities or unknown or len(set(modalities)) != len(modalities):
             raise ValueError(f"modalities must be a non-empty subset of {', '.join(MODALITIES)} without repeats, "
@@ -158,8 +205,12 @@ class MIMS(PretextMethod):
         faces, neighbours = mesh_inputs(batch)
         passes = []
         for _ in augmentations:
-            jittered = jitter_mesh_centres(faces, self.mesh_jitter) if self.training else faces
-            passes.append(self.encoders["mesh"](jittered, neighbours, need_local=False).global_)
+            augmented = faces
+            if self.training and self.mesh_rotation_axis:
+                augmented = rotate_mesh_faces(augmented, self.mesh_rotation_axis)
+            if self.training:
+                augmented = jitter_mesh_centres(augmented, self.mesh_jitter)
+            passes.append(self.encoders["mesh"](augmented, neighbours, need_local=False).global_)
         return torch.cat(passes)
 
     def fused_features(self, batch: dict[str, Tensor], modalities: Sequence[str] | None = None) -> Tensor:
@@ -176,12 +227,14 @@ class MIMS(PretextMethod):
         zero = next(iter(specific.values()))[0].sum() * 0.0
         pairs = list(itertools.combinations(self.modalities, 2))
         t, gather = self.temperature, self.gather_distributed
-        l_inv = sum((nt_xent(invariant[m][a], invariant[n][a], t, gather) for m, n in pairs for a in (0, 1)), zero) / 2
-        l_spec = sum((nt_xent(specific[m][0], specific[m][1], t, gather) for m in self.modalities), zero)
+        contrast = nt_xent if self.contrast == "nt_xent" else info_nce  # info_nce(a, b): a's rows query b's
+        l_inv = sum((contrast(invariant[m][a], invariant[n][a], t, gather) for m, n in pairs for a in (0, 1)), zero) / 2
+        l_spec = sum((contrast(specific[m][0], specific[m][1], t, gather) for m in self.modalities), zero)
         stacked_inv = {m: torch.cat(invariant[m]) for m in self.modalities}
         stacked_spec = {m: torch.cat(specific[m]) for m in self.modalities}
-        l_ortho = sum((orthogonality(stacked_inv[m], stacked_spec[m]) for m in self.modalities), zero)
-        l_ortho = l_ortho + sum((orthogonality(stacked_spec[m], stacked_spec[n]) for m, n in pairs), zero)
+        form = self.ortho_form
+        l_ortho = sum((orthogonality(stacked_inv[m], stacked_spec[m], form) for m in self.modalities), zero)
+        l_ortho = l_ortho + sum((orthogonality(stacked_spec[m], stacked_spec[n], form) for m, n in pairs), zero)
         loss = self.alpha * l_inv + self.beta * l_spec + self.ortho_weight * l_ortho
         return {"loss": loss, "invariant": l_inv, "specific": l_spec, "orthogonal": l_ortho}
 

@@ -79,7 +79,7 @@ class PicAtPoint(PretextMethod):
                  image_encoder: str | nn.Module = "resnet18", image_weights: str | None = None, embed_dim: int = 512,
                  pose_dim: int = 64, temperature: float = 0.07, local_samples: int = 256, image_lr_scale: float = 0.05,
                  use_normals: bool = False, occlusion_cells: int = 28, occlusion_tolerance: float = 0.1,
-                 gather_distributed: bool = True):
+                 gather_distributed: bool = True, image_heads_lr_scale: float = 1.0):
         super().__init__()
         config = dict(backbone_config or {})
         if use_normals:
@@ -95,6 +95,7 @@ class PicAtPoint(PretextMethod):
         self.point_local_out = nn.Linear(embed_dim + pose_dim, embed_dim)
         self.image_local = nn.Conv2d(self.image_encoder.feature_dim, embed_dim, 1)
         self.temperature, self.local_samples, self.image_lr_scale = temperature, local_samples, image_lr_scale
+        self.image_heads_lr_scale = image_heads_lr_scale
         self.use_normals, self.gather_distributed = use_normals, gather_distributed
         self.occlusion = (occlusion_cells, occlusion_tolerance)
 
@@ -112,10 +113,14 @@ class PicAtPoint(PretextMethod):
         return {"points": "point_global", "image": "image_global"}
 
     def param_groups(self) -> list[dict]:
-        """The image encoder trains at ``image_lr_scale`` of the rate (when not frozen)."""
-        image = set(map(id, self.image_encoder.parameters()))
+        """The image encoder trains at ``image_lr_scale`` of the rate (when not frozen), the image
+        heads (global MLP, local 1x1 convolution) at ``image_heads_lr_scale``, the rest at 1."""
+        encoder = list(self.image_encoder.parameters())
+        heads = [*self.image_global.parameters(), *self.image_local.parameters()]
+        image = set(map(id, encoder + heads))
         return [{"params": [p for p in self.parameters() if id(p) not in image], "lr_scale": 1.0},
-                {"params": list(self.image_encoder.parameters()), "lr_scale": self.image_lr_scale}]
+                {"params": encoder, "lr_scale": self.image_lr_scale},
+                {"params": heads, "lr_scale": self.image_heads_lr_scale}]
 
     @torch.no_grad()
     def local_queries(self, points: Tensor, view: Tensor, normals: Tensor | None = None) -> tuple[Tensor, Tensor]:
