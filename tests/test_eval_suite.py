@@ -252,6 +252,28 @@ def test_finetune_schedules_by_hand():
         finetune_schedule(FinetuneConfig(**base, min_lr=0.5), 100)
 
 
+def test_the_stages_head_reads_every_edgeconv_block():
+    """Jing et al.'s head: [EdgeConv outputs (8 + 8 + 16 + 16) ; global (2 x 32)] -> 4 layers."""
+    import torch
+
+    from pretext3d.eval.finetune import PartSegmenter
+    from pretext3d.models import build_backbone
+
+    config = {"k": 4, "emb_dims": 32, "widths": [8, 8, 16, 16]}
+    backbone = build_backbone("dgcnn", **config)
+    model = PartSegmenter(backbone, "dgcnn", config, 6, {0: [0, 1, 2], 1: [3, 4, 5]}, head="stages").eval()
+    layers = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 4 and layers[0].in_features == 48 + 64 and layers[-1].out_features == 6
+    batch = {"points": torch.rand(2, 40, 3), "label": torch.tensor([0, 1])}
+    with torch.no_grad():
+        out = backbone(batch["points"])
+        assert out.stages.shape == (2, 40, 48)
+        logits = model.logits(batch)
+    assert logits.shape == (2, 40, 6) and torch.isinf(logits[0, :, 3:]).all() and torch.isfinite(logits[0, :, :3]).all()
+    with pytest.raises(ValueError, match="needs a dgcnn backbone, not pointnet"):
+        PartSegmenter(build_backbone("pointnet", emb_dims=16), "pointnet", {}, 6, {0: [0]}, head="stages")
+
+
 def test_partseg_presets_and_the_crosspoint_training_set(tmp_path):
     import dataclasses
 
@@ -264,7 +286,7 @@ def test_partseg_presets_and_the_crosspoint_training_set(tmp_path):
     assert (cfg.train_splits, cfg.selection, cfg.optimizer, cfg.lr, cfg.min_lr, cfg.epochs, cfg.batch_size,
             cfg.augment) == ("train+val", "last", "sgd", 0.1, 1e-3, 300.0, 8, False)
     jing = apply_preset(FinetuneConfig(**common), "partseg", "jing")
-    assert (jing.optimizer, jing.lr, jing.schedule, jing.step_epochs) == ("adam", 0.003, "step", 20.0)
+    assert (jing.optimizer, jing.lr, jing.schedule, jing.step_epochs, jing.head) == ("adam", 0.003, "step", 20.0, "stages")
     with pytest.raises(ValueError, match="leaves no validation split to select on"):
         run_finetune(FinetuneConfig(**common, train_splits="train+val"), log=lambda m: None)
     small = dataclasses.replace(cfg, epochs=1, num_points=64, batch_size=8, lr=0.01, min_lr=1e-4, fractions=[1.0])

@@ -233,6 +233,9 @@ def _add_finetune(sub: argparse._SubParsersAction, name: str, task: str) -> None
     if task == "partseg":
         p.add_argument("--train-splits", choices=["train", "train+val"], default="train",
                        help="train on the train split (default) or on train+val (CrossPoint; needs --selection last)")
+        p.add_argument("--head", choices=["local", "stages"], default="local",
+                       help="a global backbone's head reads [local ; global] per point (default) or [every EdgeConv "
+                       "block's output ; global] (Jing et al., dgcnn)")
         _add_preset_argument(p, "partseg")
     p.set_defaults(func=_cmd_finetune, task=task)
 
@@ -243,7 +246,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     cfg = FinetuneConfig(**weights_options(args), **training_options(args), task=args.task, data=args.data,
                          label_smoothing=args.label_smoothing, val_fraction=args.val_fraction, num_points=args.points,
-                         selection=args.selection, train_splits=getattr(args, "train_splits", "train"))
+                         selection=args.selection, train_splits=getattr(args, "train_splits", "train"),
+                         head=getattr(args, "head", "local"))
     protocol = "partseg" if args.task == "partseg" else "finetune-cls"
     return _run_protocol(args, run_finetune, apply_preset(cfg, protocol, getattr(args, "preset", None)), format_finetune)
 

@@ -169,6 +169,22 @@ def segmentation_output(backbone: nn.Module, backbone_config: dict[str, Any], ou
                          nn.Linear(128, outputs))
 
 
+SEGMENTATION_HEADS = ("local", "stages")
+
+
+def stages_head(backbone: nn.Module, backbone_name: str, outputs: int) -> nn.Module:
+    """Jing et al.'s part-segmentation head (Sec. 4.5): four layers on [the outputs of every
+    EdgeConv block ; the global feature] per point: PointwiseBlock(S + D, 256),
+    PointwiseBlock(256, 256), PointwiseBlock(256, 128), Linear(128, outputs) (the widths are
+    DGCNN's segmentation head's; the paper gives none). Needs a backbone with stages (DGCNN)."""
+    if backbone_name != "dgcnn":
+        raise ValueError(f"the stages head reads the EdgeConv blocks' outputs: it needs a dgcnn backbone, "
+                         f"not {backbone_name}")
+    stage_width = sum(block.layers[-1].out_features for block in backbone.edge_convs)
+    return nn.Sequential(PointwiseBlock(stage_width + backbone.global_dim, 256), PointwiseBlock(256, 256),
+                         PointwiseBlock(256, 128), nn.Linear(128, outputs))
+
+
 @torch.no_grad()
 def _local_dim(backbone: nn.Module) -> int:
     """Width of a backbone's per-point features, from a tiny forward pass in eval mode (so that
@@ -194,9 +210,16 @@ class PartSegmenter(FineTuned):
     """
 
     def __init__(self, backbone: nn.Module, backbone_name: str, backbone_config: dict[str, Any], num_parts: int,
-                 category_parts: dict[int, Sequence[int]], freeze: bool = False, augment: bool = True):
+                 category_parts: dict[int, Sequence[int]], freeze: bool = False, augment: bool = True,
+                 head: str = "local"):
         super().__init__(backbone, backbone_name, backbone_config, freeze)
-        self.head = segmentation_output(backbone, self.backbone_config, num_parts, lambda: _local_dim(backbone))
+        if head not in SEGMENTATION_HEADS:
+            raise ValueError(f"head must be one of {', '.join(SEGMENTATION_HEADS)}, got {head!r}")
+        self.head_input = head
+        if head == "stages":
+            self.head = stages_head(backbone, backbone_name, num_parts)
+        else:
+            self.head = segmentation_output(backbone, self.backbone_config, num_parts, lambda: _local_dim(backbone))
         self.pointwise = self.head is None
         mask = torch.full((max(category_parts) + 1, num_parts), float("-inf"))
         for category, parts in category_parts.items():
@@ -214,8 +237,9 @@ class PartSegmenter(FineTuned):
         if self.pointwise:
             logits = out.point_logits
         else:
-            per_cloud = out.global_[:, None, :].expand(-1, out.local.shape[1], -1)
-            logits = self.head(torch.cat([out.local, per_cloud], dim=-1))
+            per_point = out.stages if self.head_input == "stages" else out.local
+            per_cloud = out.global_[:, None, :].expand(-1, per_point.shape[1], -1)
+            logits = self.head(torch.cat([per_point, per_cloud], dim=-1))
         return logits + self.category_mask[batch["label"]][:, None, :]
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
@@ -277,6 +301,7 @@ class FinetuneConfig(WeightsOptions, TrainingOptions, RuntimeOptions):
     num_points: int = 1024
     bn_calibration_clouds: int = 1024
     train_splits: str = "train"  # partseg: "train" or "train+val" (then nothing is left to select on)
+    head: str = "local"  # partseg, global backbones: on [local ; global] or on [EdgeConv stages ; global] (Jing et al.)
     selection: str = "val"  # "val": the weights that do best on validation; "last": the final weights
     preset: str | None = None  # a published protocol's settings (eval/presets.py), applied by apply_preset
 
@@ -403,7 +428,8 @@ def _one_run(cfg: FinetuneConfig, splits: dict[str, Dataset], category_parts, nu
                                             0.2 if cfg.label_smoothing is None else cfg.label_smoothing,
                                             augment=cfg.augment)
     else:
-        model = PartSegmenter(backbone, name, config, num_outputs, category_parts, freeze, augment=cfg.augment)
+        model = PartSegmenter(backbone, name, config, num_outputs, category_parts, freeze, augment=cfg.augment,
+                              head=cfg.head)
     key, score = _scorer(cfg, category_parts, device)
     train_cfg = finetune_schedule(cfg, len(train))
     batch, steps = train_cfg.batch_size, train_cfg.steps

@@ -66,9 +66,10 @@ PRESETS: dict[tuple[str, str], Preset] = {(p.protocol, p.name): p for p in (
          "is a dgcnn-seg network")),
     Preset(
         "jing", "partseg", "Jing et al. (CVPRW 2021) Sec. 4.1 (no official code)",
-        {"optimizer": "adam", "lr": 0.003, "schedule": "step", "step_epochs": 20.0, "gamma": 0.1},
-        ("the paper's head on the four EdgeConv outputs and the global feature: pretext3d's generic head",),
-        ("epochs, batch size and weight decay are not stated: pretext3d's defaults",)),
+        {"optimizer": "adam", "lr": 0.003, "schedule": "step", "step_epochs": 20.0, "gamma": 0.1, "head": "stages"},
+        ("the head's widths are not stated: DGCNN's segmentation widths (256, 256, 128) are used",),
+        ("four layers on the outputs of the four EdgeConv blocks and the global feature (a dgcnn backbone); "
+         "epochs, batch size and weight decay are not stated: pretext3d's defaults",)),
     Preset(
         "parae", "semseg", "Eckart et al. (CVPR 2021) Sec. 4.4, Table 3 (no official code)",
         {"test_area": 5},

@@ -41,7 +41,7 @@ class DGCNN(nn.Module):
 
     points: (B, N, 3), features: optional (B, N, F) extra per-point inputs (e.g. normals; the
     first graph is built on xyz only)  ->  PointFeatures(global_ (B, 2*emb_dims) for max+avg,
-    local (B, N, emb_dims), centres = points).
+    local (B, N, emb_dims), centres = points, stages (B, N, sum(widths)): the EdgeConv outputs).
     """
 
     def __init__(
@@ -88,8 +88,9 @@ class DGCNN(nn.Module):
                 idx = _neighbours(stages[-1], self.k, self.impl)
             x = block(x, idx)
             stages.append(x)
-        local, global_ = pointwise_and_pool(self.fuse, torch.cat(stages, dim=-1), self.pooling, need_local)
-        return PointFeatures(global_=global_, local=local, centres=points)
+        joined = torch.cat(stages, dim=-1)  # (B, N, sum(widths))
+        local, global_ = pointwise_and_pool(self.fuse, joined, self.pooling, need_local)
+        return PointFeatures(global_=global_, local=local, centres=points, stages=joined if need_local else None)
 
 
 class SpatialTransform(nn.Module):

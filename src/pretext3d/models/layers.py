@@ -37,7 +37,8 @@ class PointFeatures:
     networks) features (None when the caller passed ``need_local=False``);  centres: (B, M, 3) where the local features sit;  projection: (B, P)
     output of a projection head, when the model has one;  point_logits: (B, N, J) point-wise
     outputs of segmentation/partition networks;  logits: (B, C) class scores of a model with a
-    classifier.
+    classifier;  stages: (B, N, S) the per-point outputs of every block, concatenated (DGCNN's
+    EdgeConv blocks; None for networks without such stages or with ``need_local=False``).
     """
 
     global_: Tensor
@@ -46,6 +47,7 @@ class PointFeatures:
     projection: Tensor | None = None
     point_logits: Tensor | None = None
     logits: Tensor | None = None
+    stages: Tensor | None = None
 
 
 def activation(x: Tensor, kind: Activation) -> Tensor:
