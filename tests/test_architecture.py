@@ -164,3 +164,21 @@ def test_the_checker_finds_cycles_and_broken_layers(tmp_path):
     assert fake["pretext3d.eval.c"] == {"pretext3d.eval.b"}  # relative imports resolve
     assert import_cycles(fake) == [["pretext3d.eval.b", "pretext3d.models.a"]]
     assert layering_violations(fake) == ["pretext3d.models.a -> pretext3d.eval.b"]
+
+
+def test_the_command_line_loads_without_the_heavy_libraries():
+    """`pretext3d --help` must be quick: the CLI imports torch, trimesh and numba only when a
+    command runs (geometry's names load their submodule on first use)."""
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys\nfrom pretext3d.cli import main\n"
+            "for argv in (['--help'], ['evaluate', 'linear-svm', '--help'], ['prepare', '--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "        main(argv)\n"
+            "print(','.join(m for m in ('torch', 'trimesh', 'numba', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"`pretext3d --help` loaded {out}"
+    from pretext3d import geometry
+
+    assert geometry.knn.__module__ == "pretext3d.geometry.neighbors" and "knn" in dir(geometry)
