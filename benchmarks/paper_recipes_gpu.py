@@ -51,7 +51,7 @@ def summarize(run: Path, name: str, paper: dict) -> dict:
         raise ValueError(f"{run}: needs at least two logged steps to leave out the first interval")
     first, last = lines[0], lines[-1]
     rate = (last["step"] - first["step"]) / (last["seconds"] - first["seconds"])
-    steps, source = full_steps({**paper, "batch_size": paper["batch_size"]}, name)
+    steps, source = full_steps(paper, name)
     return {"recipe": name, "batch_size": paper["batch_size"], "steps_per_second": rate,
             "samples_per_second": rate * paper["batch_size"], "peak_memory_mib": last.get("peak_memory_mib"),
             "data_wait": last.get("data_wait"), "full_steps": steps, "full_steps_from": source,

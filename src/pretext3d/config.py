@@ -367,8 +367,9 @@ def _point_pool(data: str, points: int, seed: int):
     stored point of pre-sampled files, 4 x ``points`` uniform random surface samples of meshes."""
     from pretext3d.data.readers import MESH_FORMATS, detect_format, open_splits
 
-    pool = 4 * points if detect_format(data) in MESH_FORMATS else None
-    return open_splits(data, pool, subsample="random", seed=seed)["train"]
+    fmt = detect_format(data)
+    pool = 4 * points if fmt in MESH_FORMATS else None
+    return open_splits(data, pool, subsample="random", seed=seed, fmt=fmt)["train"]
 
 
 def _warn_if_incomplete(root: Path, log) -> None:

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretext3d.geometry.transforms import rotation_about_axis
 from pretext3d.losses import info_nce, nt_xent
 from pretext3d.models import ProjectionHead, backbone_label, backbone_module, build_backbone, image_encoder_module, mesh_inputs
 from pretext3d.pretext.base import DataNeeds, PretextMethod, register_method
@@ -64,20 +65,18 @@ def jitter_mesh_centres(faces: Tensor, sigma: float = 0.01, clip: float = 0.05) 
     return torch.cat([faces[..., :3] + noise, faces[..., 3:]], dim=-1)
 
 
-_AXES = {"x": 0, "y": 1, "z": 2}
+_AXES = ("x", "y", "z")
 
 
 def rotate_mesh_faces(faces: Tensor, axis: str) -> Tensor:
     """faces (B, F, 15) (centre | three corners - centre | normal) with every object turned
-    about ``axis`` by its own angle drawn uniformly from [0, 2 pi): a rigid rotation R applied to
-    each of the five 3-vectors of a face, v -> R v (Sec. 4.1's mesh augmentation)."""
+    about ``axis`` by its own angle drawn uniformly from [0, 2 pi): a rigid rotation R
+    (``geometry.rotation_about_axis``) applied to each of the five 3-vectors of a face, v -> R v
+    (Sec. 4.1's mesh augmentation)."""
     if axis not in _AXES:
         raise ValueError(f"mesh_rotation_axis must be one of x, y, z, got {axis!r}")
-    angle = torch.rand(faces.shape[0], device=faces.device, dtype=faces.dtype) * (2 * torch.pi)
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    i, j = [a for a in range(3) if a != _AXES[axis]]
-    rotation = torch.eye(3, device=faces.device, dtype=faces.dtype).repeat(faces.shape[0], 1, 1)
-    rotation[:, i, i], rotation[:, i, j], rotation[:, j, i], rotation[:, j, j] = cos, -sin, sin, cos
+    angles = torch.rand(faces.shape[0], device=faces.device, dtype=faces.dtype) * (2 * torch.pi)
+    rotation = rotation_about_axis(angles, axis)  # (B, 3, 3)
     vectors = faces.reshape(faces.shape[0], faces.shape[1], 5, 3)
     return torch.einsum("bfkj,bij->bfki", vectors, rotation).reshape(faces.shape)
 
