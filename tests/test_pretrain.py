@@ -300,12 +300,9 @@ def test_pretrain_parae_then_evaluate_the_run_folder(tmp_path, capsys):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3] and all(np.isfinite(line["nll"]) for line in lines)
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    # a second run into the same folder is refused; --resume of a finished run does nothing new
+    # a second run into the same folder is refused
     assert main(["pretrain", "--recipe", str(CONFIGS / "parae_cpu.yaml"), "--out", str(run), "steps=3", *TINY_PARAE]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert main(["pretrain", "--recipe", str(CONFIGS / "parae_cpu.yaml"), "--out", str(run), "steps=4", "--resume",
-                 *TINY_PARAE]) == 2
-    assert "another recipe (differs in steps)" in capsys.readouterr().err
 
     report = tmp_path / "svm.json"
     rc = main(["evaluate", "linear-svm", "--data", "builtin:train=4,test=2", "--checkpoint", str(run), "--points", "128",
@@ -316,6 +313,60 @@ def test_pretrain_parae_then_evaluate_the_run_folder(tmp_path, capsys):
     assert result["weights"].endswith("backbone.safetensors")
     assert main(["evaluate", "linear-svm", "--data", "builtin", "--checkpoint", str(tmp_path), "--quiet"]) == 2
     assert "without backbone.safetensors" in capsys.readouterr().err
+
+
+def _folder_bytes(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_of_a_finished_run_changes_nothing_and_more_steps_extend_it(tmp_path, capsys):
+    from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, learning_rate
+
+    run = tmp_path / "run"
+    parae = ["pretrain", "--recipe", "parae_cpu", "--out", str(run), *TINY_PARAE, "log_every=1", "checkpoint_every=2"]
+    assert main([*parae, "steps=4"]) == 0
+    before = _folder_bytes(run)
+    # resuming the finished run (even with another log_every) writes nothing and says so
+    assert main([*parae, "steps=4", "log_every=2", "--resume"]) == 0
+    assert "has finished its 4 steps; nothing to do" in capsys.readouterr().err
+    assert _folder_bytes(run) == before
+    # fewer steps would shorten it; another setting is another run
+    assert main([*parae, "steps=3", "--resume"]) == 2
+    assert "would shorten it" in capsys.readouterr().err
+    assert main([*parae, "steps=6", "optimizer.lr=0.01", "--resume"]) == 2
+    assert "differs in optimizer" in capsys.readouterr().err
+    assert _folder_bytes(run) == before
+    # more steps extend it: steps 5 and 6 follow the cosine schedule of 6 steps
+    assert main([*parae, "steps=6", "--resume"]) == 0
+    assert "extended from 4 to 6 steps" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
+    optim, schedule = OptimConfig(lr=1e-3), ScheduleConfig(name="cosine")
+    assert [row["lr"] for row in rows[:4]] == pytest.approx([learning_rate(s, optim, schedule, 4) for s in range(4)])
+    assert [row["lr"] for row in rows[4:]] == pytest.approx([learning_rate(s, optim, schedule, 6) for s in (4, 5)])
+    summary = json.loads((run / "config.json").read_text())["summary"]
+    assert json.loads((run / "recipe.json").read_text())["steps"] == 6 and summary["steps"] == 6
+    segments = summary["segments"]
+    assert [(s["from"], s["to"], s["planned"]) for s in segments] == [(0, 4, 4), (4, 6, 6)]
+    assert segments[0]["final"]["nll"] == pytest.approx(rows[3]["nll"])
+    assert segments[1]["final"]["nll"] == pytest.approx(rows[5]["nll"])
+    assert summary["total_seconds"] == pytest.approx(segments[0]["seconds"] + segments[1]["seconds"])
+
+
+def test_a_failed_start_binds_nothing_even_under_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    parae = ["pretrain", "--recipe", "parae_cpu", "--out", str(run), *TINY_PARAE, "steps=1"]
+    # a typo under model.* names the known settings and the closest one
+    assert main([*parae, "model.partitons=4"]) == 2
+    err = capsys.readouterr().err
+    assert "'partitons' is not a setting of parae (did you mean 'partitions'?)" in err and "ridge" in err
+    assert main([*parae, "model.tasks.crosspoint.x=1"]) == 2
+    assert "'tasks' is not a setting of parae" in capsys.readouterr().err
+    # a start that wrote its recipe but no checkpoint (killed before step 1) binds nothing
+    run.mkdir(exist_ok=True)  # the failed starts above made it
+    (run / "recipe.json").write_text(json.dumps({**load_recipe("parae_cpu"), "batch_size": 64}))
+    assert main([*parae, "--resume"]) == 0
+    assert json.loads((run / "recipe.json").read_text())["batch_size"] == 8
 
 
 def test_parae_with_the_dgcnn_pointwise_network(tmp_path):
@@ -394,3 +445,8 @@ def test_kill_9_then_resume_gives_bit_identical_weights(tmp_path):
             assert torch.equal(a[key], b[key]), f"{name}: {key} differs"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 61))
+    # config.json keeps both segments: the killed one up to its checkpoint, and the resumed one
+    segments = json.loads((run / "config.json").read_text())["summary"]["segments"]
+    assert segments[0]["from"] == 0 and segments[0]["to"] in (8, 16)  # the checkpoint it resumed from
+    assert segments[1]["from"] == segments[0]["to"] and segments[1]["to"] == 60
+    assert all(s["seconds"] > 0 and np.isfinite(s["final"]["nll"]) for s in segments)

@@ -1,9 +1,10 @@
 """Pretraining as a library call: a recipe (a file, a shipped name or a dict) with overrides,
 run into a run folder by the one training loop, resumable, also under ``torchrun``.
 
-``pretrain`` checks the run folder (a new run needs a fresh folder; a resumed one the recipe it
-was started with, up to ``FREE_ON_RESUME`` keys), records ``recipe.json``, builds the method and
-its training data from the recipe, and trains; the trainer writes the checkpoints,
+``pretrain`` checks the run folder (a new run needs a fresh folder, or one whose earlier start
+failed before its first checkpoint; a resumed one the recipe it was started with, up to
+``FREE_ON_RESUME`` keys and the length, ``EXTENDS``), builds the method and its training data
+from the recipe, records ``recipe.json`` and trains; the trainer writes the checkpoints,
 ``metrics.jsonl``, ``backbone.safetensors`` and ``config.json``. ``pretext3d pretrain`` and the
 demo call it.
 """
@@ -26,10 +27,12 @@ from pretext3d.utils.device import finish_distributed, init_distributed, rank_an
 from pretext3d.utils.io import atomic_write_json
 from pretext3d.utils.lock import folder_lock
 
-__all__ = ["pretrain", "check_run_folder", "FREE_ON_RESUME"]
+__all__ = ["pretrain", "check_run_folder", "FREE_ON_RESUME", "EXTENDS"]
 
 # recipe keys that do not change what is computed: a resumed run may set them differently
 FREE_ON_RESUME = frozenset({"log_every", "tensorboard", "num_workers", "checkpoint_every", "keep_checkpoints", "device"})
+# the run's length: a resumed run may ask for more (it is extended; the trainer states the schedule rule)
+EXTENDS = frozenset({"steps", "epochs"})
 
 
 def _started(out: Path) -> bool:
@@ -47,12 +50,33 @@ def check_run_folder(out: Path, recipe: dict[str, Any], resume: bool) -> None:
     if saved.exists() and not resume and _started(out):
         raise RecipeError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out "
                           "(or delete the folder to start it over)")
-    if resume and saved.exists():
+    if resume and saved.exists() and _started(out):  # a start that failed before its first checkpoint binds nothing
         before, now = json.loads(saved.read_text()), json.loads(json.dumps(recipe))
         before = {**json.loads(json.dumps(TOP_LEVEL)), **before}  # a key added since the run started takes its default
-        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in FREE_ON_RESUME)
+        changed = sorted(k for k in set(before) | set(now)
+                         if before.get(k) != now.get(k) and k not in FREE_ON_RESUME | EXTENDS)
         if changed:
-            raise RecipeError(f"{out}: the run was started with another recipe (differs in {', '.join(changed)})")
+            raise RecipeError(f"{out}: the run was started with another recipe (differs in {', '.join(changed)}); "
+                              "resume it with the same recipe (steps or epochs may grow, to extend it), or give "
+                              "another --out")
+
+
+def _checkpoint_step(out: Path) -> int:
+    """The step of the run's newest complete checkpoint (0: none)."""
+    folders = training_checkpoints(out)
+    return int(folders[-1].name.split("-")[-1]) if folders else 0
+
+
+def _recipe_changes(out: Path, settings: dict[str, Any]) -> bool:
+    """Whether recipe.json must be (re)written: a new run, or a resumed one whose length changed
+    (a resume with only ``FREE_ON_RESUME`` keys changed leaves the folder as it was)."""
+    try:
+        before = json.loads((out / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return True
+    if not _started(out):
+        return True
+    return any(before.get(key) != settings.get(key) for key in EXTENDS)
 
 
 def _require_tensorboard() -> None:
@@ -103,8 +127,12 @@ def _train(settings: dict[str, Any], recipe: str | Path | Mapping[str, Any], out
     with rank_zero_first():  # rank 0 alone prepares the built-in store when one is needed
         dataset = build_dataset(settings, out, log=log if rank == 0 else (lambda m: None), prepare_store=rank == 0)
     config = train_config(settings, len(dataset))
+    done = _checkpoint_step(out) if resume else 0
+    if done > config.steps:
+        raise RecipeError(f"{out}: the run has trained {done} steps; {config.steps} steps would shorten it "
+                          "(a run can be extended with more steps or epochs, not shortened)")
     with rank_zero_first():  # rank 0 writes the recipe before any process trains
-        if rank == 0:
+        if rank == 0 and _recipe_changes(out, settings):
             atomic_write_json(out / "recipe.json", settings)
     if rank == 0:
         log(f"{settings['method']}: {len(dataset)} training samples, {config.steps} steps of {config.batch_size}")

@@ -250,8 +250,10 @@ class Trainer:
     def _checkpoints(self) -> list[Path]:
         return training_checkpoints(self.out)
 
-    def _save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler) -> None:
-        """Write checkpoints/step-<step>/ under a temporary name, then rename (rank 0 only)."""
+    def _save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler,
+              segments: list[dict]) -> None:
+        """Write checkpoints/step-<step>/ under a temporary name, then rename (rank 0 only);
+        ``segments``: the run's training segments up to ``step`` (see ``fit``)."""
         if self.rank != 0:
             return
         final = self.out / "checkpoints" / f"step-{step:07d}"
@@ -263,15 +265,16 @@ class Trainer:
         torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                     "rng": _rng_state()}, tmp / "state.pt")
         atomic_write_json(tmp / "trainer.json", {"format": CHECKPOINT_FORMAT, "step": step,
-                                                 "config": asdict(self.config)})
+                                                 "config": asdict(self.config), "segments": segments})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in self._checkpoints()[: -self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler) -> int:
+    def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler) -> tuple[int, dict]:
         """Load the newest checkpoint that loads whole; returns the step to continue from (0:
-        none). A damaged newer checkpoint is reported and the next older one is tried."""
+        none) and its trainer.json. A damaged newer checkpoint is reported and the next older one
+        is tried."""
         if self.rank == 0:
             for name in remove_unfinished_checkpoints(self.out):
                 self.log(f"removed {name}: a checkpoint a killed run did not finish writing")
@@ -282,13 +285,15 @@ class Trainer:
                 raise ValueError(f"{folder}: {err.args[0]} (was the run started with another recipe?)") from None
             except Exception as err:  # safetensors, torch.load and JSON raise many types for damaged files
                 self.log(f"checkpoint {folder} is damaged ({type(err).__name__}: {err}); trying the one before it")
-        return 0
+        return 0, {}
 
-    def _load_checkpoint(self, folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler) -> int:
+    def _load_checkpoint(self, folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                         scaler) -> tuple[int, dict]:
         """Read every part first, then set the state (a damaged part changes nothing)."""
         from safetensors.torch import load_file
 
-        step = int(json.loads((folder / "trainer.json").read_text())["step"])
+        meta = json.loads((folder / "trainer.json").read_text())
+        step = int(meta["step"])
         weights = load_file(str(folder / "model.safetensors"), device=str(self.device))
         state = torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
         try:
@@ -299,12 +304,26 @@ class Trainer:
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         _set_rng_state({**state["rng"], "torch": state["rng"]["torch"].cpu()})
-        return step
+        return step, meta
 
     # --- the loop ----------------------------------------------------------------------------
 
     def fit(self, resume: bool = False) -> dict:
-        """Run (or continue) training; returns {"steps", "final_loss", "seconds", ...}."""
+        """Run (or continue) training; returns the summary written to config.json: {"steps",
+        "resumed_from", "final" (the last loss parts), "seconds" (this segment), "segments",
+        "total_seconds"}.
+
+        A segment is one process run of the training: {"from", "to" (steps), "planned" (the
+        total it was run towards), "seconds", "final"}; every checkpoint records the segments up
+        to its step, so a run killed and resumed keeps the time and losses of every part.
+
+        Resuming a finished run (the newest checkpoint at ``config.steps``, config.json and the
+        backbone written) changes nothing and returns its summary. Resuming with a larger
+        ``config.steps`` extends the run: the learning rate from the checkpoint's step on is
+        that of a schedule over the new total (``learning_rate(step, ..., config.steps)``; for
+        cosine, the rate rises back to the longer curve's value at that step); a smaller total
+        than the checkpoint's step is refused (a run can be extended, not shortened).
+        """
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         method = self.method.to(self.device)
@@ -321,9 +340,21 @@ class Trainer:
         optimizer = make_optimizer(trainable_groups(method), config.optimizer)
         use_amp = config.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda") if use_amp else None
-        start = self._restore(method, optimizer, scaler) if resume else 0
+        start, meta = self._restore(method, optimizer, scaler) if resume else (0, {})
+        if start > config.steps:
+            raise ValueError(f"{self.out}: the run has trained {start} steps, more than the {config.steps} asked; "
+                             "a run can be extended (more steps), not shortened")
+        finished = self._finished_summary(start) if resume else None
+        if finished is not None:
+            self.log(f"{self.out}: the run has finished its {config.steps} steps; nothing to do "
+                     "(to train it longer, resume it with a larger steps=... or epochs=...)")
+            return finished
+        segments = self._earlier_segments(meta, start)
+        planned = (meta.get("config") or {}).get("steps", config.steps)
         if resume and start:
-            self.log(f"resuming from step {start}")
+            extended = f"; extended from {planned} to {config.steps} steps (the learning rate follows the schedule " \
+                       f"of {config.steps} steps from here)" if planned != config.steps else ""
+            self.log(f"resuming from step {start}{extended}")
         self._trim_metrics(start)
         loader = DataLoader(
             _EpochItems(self.dataset),
@@ -368,19 +399,48 @@ class Trainer:
                     self._validate(done, metrics)
                     model.train()
                 if done % config.checkpoint_every == 0 and done < config.steps:
-                    self._save(done, method, optimizer, scaler)
+                    self._save(done, method, optimizer, scaler,
+                               [*segments, self._segment(start, done, parts, time.perf_counter() - began)])
                 asked = time.perf_counter()
         finally:
             if metrics:
                 metrics.close()
             if self._board:
                 self._board.close()
+        seconds = time.perf_counter() - began
+        segments = [*segments, self._segment(start, config.steps, parts or last_log or {}, seconds)]
         if start < config.steps:
-            self._save(config.steps, method, optimizer, scaler)
+            self._save(config.steps, method, optimizer, scaler, segments)
         summary = {"steps": config.steps, "resumed_from": start, "final": parts or last_log or {},
-                   "seconds": time.perf_counter() - began}
+                   "seconds": seconds, "segments": segments,
+                   "total_seconds": sum(float(segment.get("seconds") or 0.0) for segment in segments)}
         self._export(summary)
         return summary
+
+    def _segment(self, start: int, done: int, parts: dict[str, float], seconds: float) -> dict:
+        return {"from": start, "to": done, "planned": self.config.steps, "seconds": seconds, "final": dict(parts)}
+
+    @staticmethod
+    def _earlier_segments(meta: dict, start: int) -> list[dict]:
+        """The segments before ``start`` that the restored checkpoint records (a checkpoint from
+        before segments were recorded gives one segment of unknown time)."""
+        if not start:
+            return []
+        segments = meta.get("segments")
+        if isinstance(segments, list) and segments and all(isinstance(s, dict) for s in segments):
+            return [dict(s) for s in segments]
+        return [{"from": 0, "to": start, "planned": (meta.get("config") or {}).get("steps"), "seconds": None, "final": {}}]
+
+    def _finished_summary(self, start: int) -> dict | None:
+        """The saved summary when the run already finished ``config.steps`` steps (checkpoint,
+        backbone and config.json all written); None otherwise (e.g. killed while exporting)."""
+        if start != self.config.steps or not (self.out / "backbone.safetensors").is_file():
+            return None
+        try:
+            summary = json.loads((self.out / "config.json").read_text())["summary"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return summary if isinstance(summary, dict) and summary.get("steps") == self.config.steps else None
 
     def _reduce(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         """Scalars averaged over processes (what the log shows)."""

@@ -23,6 +23,7 @@ other file:
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Mapping, TypeVar
@@ -31,7 +32,7 @@ from torch import nn
 
 from pretext3d.models.checkpoint import ExportsBackbone
 
-__all__ = ["DataNeeds", "PretextMethod", "METHODS", "register_method", "method_class", "build_method",
+__all__ = ["DataNeeds", "PretextMethod", "METHODS", "register_method", "method_class", "build_method", "settings_problem",
            "MethodSettingsError"]
 
 
@@ -126,11 +127,30 @@ def method_class(name: str) -> type[PretextMethod]:
     return METHODS[name]
 
 
+def settings_problem(cls: type, name: str, settings: Mapping[str, Any]) -> str | None:
+    """What is wrong with ``settings`` as keyword arguments of ``cls`` (the method ``name``): the
+    first unknown key with the closest known one and the list of known ones; None when all are known."""
+    parameters = inspect.signature(cls.__init__).parameters
+    known = [p for p in parameters if p != "self"]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    unknown = [key for key in settings if key not in known]
+    if not unknown:
+        return None
+    close = difflib.get_close_matches(unknown[0], known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{unknown[0]!r} is not a setting of {name}{hint}; its settings: {', '.join(known)}"
+
+
 def build_method(name: str, settings: Mapping[str, Any] | None = None) -> PretextMethod:
     """Method ``name`` built with ``settings`` (a recipe's ``model``) as keyword arguments."""
     cls = method_class(name)
+    settings = dict(settings or {})
+    problem = settings_problem(cls, name, settings)
+    if problem:
+        raise MethodSettingsError(problem)
     try:
-        return cls(**dict(settings or {}))
-    except TypeError as err:  # an unknown or missing keyword
+        return cls(**settings)
+    except TypeError as err:  # a missing keyword
         known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         raise MethodSettingsError(f"{name}: {err}; its settings: {', '.join(known)}") from None

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 from torch import Tensor, nn
 
 from pretext3d.models import backbone_module, image_encoder_module
-from pretext3d.pretext.base import METHODS, DataNeeds, MethodSettingsError, PretextMethod, register_method
+from pretext3d.pretext.base import METHODS, DataNeeds, MethodSettingsError, PretextMethod, register_method, settings_problem
 
 __all__ = ["Composed", "task_classes"]
 
@@ -97,6 +97,9 @@ class Composed(PretextMethod):
             shared: dict[str, Any] = {"backbone": self.backbone}
             if classes[name].data_needs(settings).images:
                 shared["image_encoder"] = self.image_encoder
+            problem = settings_problem(classes[name], name, settings)
+            if problem:
+                raise ValueError(f"task {name}: {problem}")
             try:
                 self.tasks[name] = classes[name](**settings, **shared)
             except TypeError as err:
