@@ -3,6 +3,8 @@ checked for leakage, few-shot and retrieval end to end."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -275,13 +277,12 @@ def test_the_stages_head_reads_every_edgeconv_block():
 
 
 def test_partseg_presets_and_the_crosspoint_training_set(tmp_path):
-    import dataclasses
 
     from pretext3d.eval.finetune import FinetuneConfig, run_finetune
     from pretext3d.eval.presets import apply_preset
 
     common = dict(task="partseg", data="builtin:seed=0,train=5,test=2", backbone="pointnet", random_init=True,
-                  random_config={"emb_dims": 16}, num_points=2048)
+                  random_config={"emb_dims": 16}, num_points=2048, force=True)
     cfg = apply_preset(FinetuneConfig(**common), "partseg", "crosspoint")
     assert (cfg.train_splits, cfg.selection, cfg.optimizer, cfg.lr, cfg.min_lr, cfg.epochs, cfg.batch_size,
             cfg.augment) == ("train+val", "last", "sgd", 0.1, 1e-3, 300.0, 8, False)
@@ -328,10 +329,18 @@ def test_finetune_frozen_keeps_the_backbone_and_selects_on_validation(tmp_path):
     torch.manual_seed(0)
     backbone = PointNet(emb_dims=32).eval()
     ckpt = save_backbone(tmp_path / "pn.safetensors", backbone, "pointnet", {"emb_dims": 32})
-    report = run_finetune(FinetuneConfig(task="classification", data="builtin:seed=0,train=10,test=3",
-                                         checkpoint=str(ckpt), modes=["frozen", "unfrozen"], epochs=3,
-                                         batch_size=16, num_points=128, validations=4, out=str(tmp_path / "ft")),
-                          log=lambda m: None)
+    cfg = FinetuneConfig(task="classification", data="builtin:seed=0,train=10,test=3", checkpoint=str(ckpt),
+                         modes=["frozen", "unfrozen"], epochs=3, batch_size=16, num_points=128, validations=4,
+                         out=str(tmp_path / "ft"))
+    # 3 epochs of 126 objects in batches of 16 are 24 steps: refused before anything trains ...
+    with pytest.raises(ValueError, match=r"100% of the labels: 24 steps \(126 items\); fewer than 100 steps"):
+        run_finetune(cfg, log=lambda m: None)
+    assert not (tmp_path / "ft").exists()
+    # ... run with force, with a warning, and flagged in the report
+    lines: list[str] = []
+    report = run_finetune(dataclasses.replace(cfg, force=True), log=lines.append)
+    assert lines[0].startswith("warning: 100% of the labels: 24 steps")
+    assert all(run["steps"] == 24 and run["too_few_steps"] for run in report["runs"])
     original = load_file(str(ckpt))
     frozen = load_file(str(tmp_path / "ft" / "classification_frozen_1" / "backbone.safetensors"))
     unfrozen = load_file(str(tmp_path / "ft" / "classification_unfrozen_1" / "backbone.safetensors"))
@@ -372,7 +381,7 @@ def test_partseg_predicts_only_the_parts_of_the_shape_category(tmp_path, backbon
         assert set(row.tolist()) <= set(parts[category])
     report = run_finetune(FinetuneConfig(task="partseg", data="builtin:seed=0,train=5,test=2", backbone=backbone,
                                          random_init=True, random_config=config, fractions=[0.5, 1.0], epochs=2,
-                                         batch_size=8, num_points=64, validations=2), log=lambda m: None)
+                                         batch_size=8, num_points=64, validations=2, force=True), log=lambda m: None)
     assert report["protocol"] == "partseg" and report["val_size"] == 14 and report["test_size"] == 28
     assert [r["labelled"] for r in report["runs"]] == [28, 56]  # ceil(0.5 x 4) and 4 per class
     for run in report["runs"]:

@@ -135,11 +135,12 @@ def test_semseg_end_to_end_through_the_options(tmp_path):
                  "--emb-dims", "32", "--features", "all", "--points", "128", "--batch-size", "8", "--epochs", "1",
                  "--min-steps", "40", "--validations", "4", "--val-fraction", "0.25", "--modes", "frozen", "unfrozen",
                  "--lr", "0.01", "--device", "cpu", "--out", str(tmp_path / "runs"),
-                 "--json", str(tmp_path / "semseg.json"), "--quiet")
+                 "--json", str(tmp_path / "semseg.json"), "--quiet", "--force")
     cfg = semseg_config(args)
     assert cfg.random_config == {"emb_dims": 32} and not cfg.progress and cfg.test_stride == 0.5
     lines: list[str] = []
     report = run_semseg(cfg, log=lines.append)
+    assert lines[0].startswith("warning: 100% of the labels: 40 steps")  # --min-steps 40 < 100, forced
     atomic_write_json(args.json, report)  # what the command does with --json
     saved = json.loads(Path(args.json).read_text())
     assert saved["protocol"] == "semseg" and saved["test_area"] == 3 and saved["train_areas"] == [1, 2]
@@ -185,7 +186,7 @@ def test_checkpoint_default_features_and_frozen_backbone(tmp_path):
     ckpt = save_backbone(tmp_path / "pw.safetensors", PointNetPointwise(**config).eval(), "pointnet-pointwise", config)
     args = parse("--data", str(tmp_path / "s3dis"), "--test-area", "3", "--checkpoint", str(ckpt), "--points", "128",
                  "--batch-size", "4", "--epochs", "1", "--validations", "1", "--modes", "frozen", "--device", "cpu",
-                 "--out", str(tmp_path / "runs"), "--quiet")
+                 "--out", str(tmp_path / "runs"), "--quiet", "--force")
     report = run_semseg(semseg_config(args), log=lambda m: None)
     assert report["features"] == "xyz" and report["in_channels"] == 3 and report["weights"] == str(ckpt)
     run = report["runs"][0]

@@ -243,6 +243,8 @@ def add_training_arguments(p: argparse.ArgumentParser, items: str, fractions_hel
     p.add_argument("--validations", type=at_least(1), default=10, help="validation passes per run (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="keep the run folders here (default: a temporary folder)")
+    p.add_argument("--force", action="store_true",
+                   help="run even when a run would get fewer than 100 steps (refused by default: its score means little)")
     add_runtime_arguments(p, cache=False)
 
 
@@ -252,4 +254,4 @@ def training_options(args: argparse.Namespace) -> dict[str, Any]:
                 min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                 optimizer=args.optimizer, momentum=args.momentum, schedule=args.schedule, min_lr=args.min_lr,
                 step_epochs=args.step_epochs, gamma=args.gamma, augment=args.augment, validations=args.validations,
-                seed=args.seed, out=args.out)
+                seed=args.seed, out=args.out, force=args.force)

@@ -52,6 +52,8 @@ __all__ = [
     "PartSegmenter",
     "BestKeeper",
     "finetune_schedule",
+    "check_step_counts",
+    "MIN_MEANINGFUL_STEPS",
     "label_fraction",
     "load_finetune_backbone",
     "runs_folder",
@@ -338,6 +340,28 @@ def finetune_schedule(cfg: Any, items: int) -> TrainConfig:
                        validate_every=max(1, steps // max(1, cfg.validations)))
 
 
+# below this many optimiser steps a fine-tuned head has barely left its initialisation (a 7-step
+# frozen run scored chance level): such a run is refused unless forced, and flagged in the report
+MIN_MEANINGFUL_STEPS = 100
+
+
+def check_step_counts(cfg: Any, items_per_fraction: dict[float, int], log: Callable[[str], None]) -> None:
+    """Refuse (or, with ``cfg.force``, warn about) runs that would get fewer than
+    ``MIN_MEANINGFUL_STEPS`` steps, before any of them trains. items_per_fraction: label
+    fraction -> training items of its runs."""
+    short = {f: finetune_schedule(cfg, n).steps for f, n in items_per_fraction.items()}
+    short = {f: steps for f, steps in short.items() if steps < MIN_MEANINGFUL_STEPS}
+    if not short:
+        return
+    listing = ", ".join(f"{100 * f:g}% of the labels: {steps} steps ({items_per_fraction[f]} items)"
+                        for f, steps in short.items())
+    message = (f"{listing}; fewer than {MIN_MEANINGFUL_STEPS} steps per run are too few for the score to mean "
+               "anything (the new head barely leaves its initialisation): raise --epochs or --min-steps")
+    if not cfg.force:
+        raise ValueError(f"{message}, or pass --force to run anyway")
+    log(f"warning: {message}")
+
+
 def _open_task_splits(cfg: FinetuneConfig) -> tuple[dict[str, Dataset], dict[int, list[int]] | None, int]:
     """(train / val / test datasets, category -> parts, number of outputs)."""
     if cfg.task == "partseg":
@@ -415,9 +439,7 @@ class BestKeeper:
 def _one_run(cfg: FinetuneConfig, splits: dict[str, Dataset], category_parts, num_outputs: int, fraction: float,
              mode: str, out: Path, device: torch.device, log, architecture: tuple[str, dict[str, Any]] | None
              ) -> dict[str, Any]:
-    train_all = splits["train"]
-    rows = label_fraction(np.arange(len(train_all)), _labels_of(train_all), fraction, cfg.seed)
-    train = Subset(train_all, rows.tolist())
+    train = _labelled(cfg, splits["train"], fraction)
     backbone, name, config, source = load_finetune_backbone(cfg, cfg.seed, architecture)
     if cfg.random_init:  # untrained BatchNorm statistics would scale features badly, frozen or not
         calibrate_batchnorm(backbone, train, cfg.bn_calibration_clouds, min(cfg.batch_size, max(2, len(train))),
@@ -448,7 +470,14 @@ def _one_run(cfg: FinetuneConfig, splits: dict[str, Dataset], category_parts, nu
     test = score(model, splits["test"])
     selected = keeper.best if keeper is not None else {"step": steps, "rule": "the final weights"}
     return {"fraction": fraction, "mode": mode, "labelled": int(len(train)), "steps": steps, "batch_size": batch,
+            "too_few_steps": steps < MIN_MEANINGFUL_STEPS,
             "weights": source, "selected": selected, "test": test, "train_seconds": summary["seconds"]}
+
+
+def _labelled(cfg: FinetuneConfig, train_all: Dataset, fraction: float) -> Subset:
+    """The labelled share of the training split a run of ``fraction`` trains on."""
+    rows = label_fraction(np.arange(len(train_all)), _labels_of(train_all), fraction, cfg.seed)
+    return Subset(train_all, rows.tolist())
 
 
 def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -472,6 +501,7 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
         name, config = cfg.architecture()
         architecture = (name, dict(config or {}))
     splits, category_parts, num_outputs = _open_task_splits(cfg)
+    check_step_counts(cfg, {f: len(_labelled(cfg, splits["train"], f)) for f in cfg.fractions}, log)
     start = time.perf_counter()
     key = _scorer(cfg, category_parts, device)[0]
     runs = []
@@ -482,8 +512,8 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
                 log(f"[finetune] {cfg.task}, {mode} backbone, {100 * fraction:g}% of the labels -> {out}")
                 runs.append(_one_run(cfg, splits, category_parts, num_outputs, fraction, mode, out, device, log,
                                      architecture))
-                log(f"[finetune] test {key} {100 * runs[-1]['test'][key]:.2f}% (selected at step "
-                    f"{runs[-1]['selected']['step']} on validation)")
+                log(f"[finetune] test {key} {100 * runs[-1]['test'][key]:.2f}% after {runs[-1]['steps']} steps "
+                    f"({_selected_text(runs[-1]['selected'])})")
     report_protocol = "finetune-cls" if cfg.task == "classification" else "partseg"
     return {
         "protocol": report_protocol,
@@ -503,6 +533,10 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
         "config": config_record(cfg),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def _selected_text(selected: dict[str, Any]) -> str:
+    return "the final weights" if "rule" in selected else f"selected at step {selected['step']} on validation"
 
 
 def _selection_text(cfg: FinetuneConfig) -> str:

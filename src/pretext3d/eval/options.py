@@ -119,3 +119,4 @@ class TrainingOptions:
     validations: int = 10  # validation passes over a run (evenly spaced, the last after the final step)
     seed: int = 0
     out: str | None = None  # run folders; a temporary folder when None
+    force: bool = False  # run even when a run gets fewer than finetune.MIN_MEANINGFUL_STEPS steps

@@ -43,7 +43,7 @@ from pretext3d.data.splits import carve_validation
 from pretext3d.engine.trainer import Trainer
 from pretext3d.eval.features import calibrate_batchnorm
 from pretext3d.eval.finetune import (
-    BestKeeper, FineTuned, finetune_schedule, schedule_text, load_finetune_backbone, label_fraction, runs_folder,
+    MIN_MEANINGFUL_STEPS, BestKeeper, FineTuned, check_step_counts, finetune_schedule, schedule_text, load_finetune_backbone, label_fraction, runs_folder,
     segmentation_output,
 )
 from pretext3d.eval.metrics import confusion_matrix, scores_from_confusion
@@ -397,9 +397,7 @@ def _one_run(cfg: SemsegConfig, rooms: dict[str, SemSegRooms], loaded: dict[int,
              fraction: float, mode: str, out: Path, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
     features, channels, resolved_name, config = inputs
     classes = rooms["train"].classes
-    labelled = label_fraction(train_rows, np.zeros(len(rooms["train"]), dtype=np.int64), fraction, cfg.seed)
-    blocks = SemSegBlocks([loaded[int(r)] for r in labelled], cfg.block_size, cfg.num_points, cfg.seed,
-                          min_block_points=max(1, cfg.num_points // 4))
+    labelled, blocks = _training_blocks(cfg, loaded, train_rows, fraction)
     if len(blocks) < 2:
         raise ValueError(f"the training rooms give {len(blocks)} block(s) per epoch (ceil(points / {cfg.num_points}) "
                          "per room); at least 2 are needed for a batch: use fewer points per block")
@@ -447,9 +445,18 @@ def _one_run(cfg: SemsegConfig, rooms: dict[str, SemSegRooms], loaded: dict[int,
                               total=len(test), desc="vote test rooms", progress=False, log=log)
     return {"fraction": fraction, "mode": mode, "labelled_rooms": len(labelled),
             "labelled_room_names": [rooms["train"].names[int(r)] for r in labelled],
-            "blocks_per_epoch": len(blocks), "steps": steps, "batch_size": batch, "weights": source,
+            "blocks_per_epoch": len(blocks), "steps": steps, "too_few_steps": steps < MIN_MEANINGFUL_STEPS,
+            "batch_size": batch, "weights": source,
             "backbone_config": model.backbone_config, "selected": keeper.best, "val": best_full, "test": test_scores,
             "train_seconds": summary["seconds"]}
+
+
+def _training_blocks(cfg: SemsegConfig, loaded: dict[int, RoomArrays], train_rows: np.ndarray,
+                     fraction: float) -> tuple[np.ndarray, SemSegBlocks]:
+    """(the labelled rooms, their training blocks) of the share ``fraction`` of the training rooms."""
+    labelled = label_fraction(train_rows, np.zeros(int(train_rows.max()) + 1, dtype=np.int64), fraction, cfg.seed)
+    return labelled, SemSegBlocks([loaded[int(r)] for r in labelled], cfg.block_size, cfg.num_points, cfg.seed,
+                                  min_block_points=max(1, cfg.num_points // 4))
 
 
 def run_semseg(cfg: SemsegConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -467,6 +474,7 @@ def run_semseg(cfg: SemsegConfig, log: Callable[[str], None] = print) -> dict[st
     val_rooms = [(train_rooms.names[int(r)], *train_rooms.load(int(r))) for r in val_rows]
     names = {"train": [train_rooms.names[int(r)] for r in train_rows], "val": [n for n, _, _ in val_rooms],
              "test": list(rooms["test"].names)}
+    check_step_counts(cfg, {f: len(_training_blocks(cfg, loaded, train_rows, f)[1]) for f in cfg.fractions}, log)
     device = resolve_device(cfg.device)
     log(f"[semseg] {cfg.data}: test Area_{cfg.test_area} ({len(names['test'])} rooms); training areas "
         f"{sorted(set(train_rooms.areas.tolist()))}: {len(names['train'])} rooms train, {len(names['val'])} held out "

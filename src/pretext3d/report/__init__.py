@@ -104,16 +104,25 @@ def _headline(report: dict) -> list[tuple[str, str]]:
     if protocol == "semseg":
         return [(f"{100 * run['fraction']:g}% rooms, {run['mode']}",
                  f"mIoU {_pct(run['test']['miou'])}, overall accuracy {_pct(run['test']['overall_accuracy'])} "
-                 f"(best val at step {run['selected']['step']})") for run in report["runs"]]
+                 f"({_steps_text(run)})") for run in report["runs"]]
     if protocol in ("finetune-cls", "partseg"):
         key = "accuracy" if protocol == "finetune-cls" else "instance_miou"
         rows = []
         for run in report["runs"]:
             extra = "" if protocol == "finetune-cls" else f", class mIoU {_pct(run['test']['class_miou'])}"
             rows.append((f"{100 * run['fraction']:g}% labels, {run['mode']}",
-                         f"{key} {_pct(run['test'][key])}{extra} (best val at step {run['selected']['step']})"))
+                         f"{key} {_pct(run['test'][key])}{extra} ({_steps_text(run)})"))
         return rows
     return [(k, str(v)) for k, v in report.items() if isinstance(v, (int, float))][:8]
+
+
+def _steps_text(run: dict) -> str:
+    """How long a fine-tuning run trained and which weights were tested; a warning when the run
+    was forced through with too few steps to mean much."""
+    selected = run["selected"]
+    which = "the final weights" if "rule" in selected else f"best val at step {selected['step']}"
+    warning = "; too few steps to mean much" if run.get("too_few_steps") else ""
+    return f"{run['steps']} steps, {which}{warning}"
 
 
 _SETTING_KEYS = ("dataset", "backbone", "weights", "num_points", "sampling", "feature_dim", "seeds", "C_selection",
