@@ -39,11 +39,22 @@ def test_the_query_is_excluded_from_its_own_ranking():
     # item 0: others ranked [1.0] (class 1) then [3.0] (class 0) -> AP 1/2, top-1 miss;
     # item 1: [1.0] then [0.0] -> relevant at rank 2 -> AP 1/2; item 2: no other of class 1
     np.testing.assert_allclose(scores.per_query_ap[:2], [0.5, 0.5])
-    assert np.isnan(scores.per_query_ap[2]) and scores.no_relevant == 1
+    assert np.isnan(scores.per_query_ap[2]) and scores.no_relevant == 1 and scores.queries == 2
     assert scores.top_k[1] == 0.0 and scores.mAP == pytest.approx(0.5)
     # without the exclusion every item would find itself first
     naive = retrieval_scores(features, labels, features, labels, "euclidean", ks=(1,))
     assert naive.top_k[1] == 1.0
+
+
+def test_a_query_without_relevant_items_is_left_out_of_every_metric_alike():
+    # query 0 (class 0) finds g0 first; query 1 (class 2) has no class-2 item in the gallery
+    gallery, gallery_labels = np.array([[0.0], [5.0]]), np.array([0, 1])
+    scores = retrieval_scores(np.array([[0.1], [4.9]]), np.array([0, 2]), gallery, gallery_labels, "euclidean", ks=(1, 2))
+    assert scores.queries == 1 and scores.no_relevant == 1
+    assert scores.top_k == {1: 1.0, 2: 1.0} and scores.mAP == 1.0  # not 0.5 in top-k and 1.0 in mAP
+    assert scores.precision_at_k == {1: 1.0, 2: 0.5}
+    none = retrieval_scores(np.array([[4.9]]), np.array([2]), gallery, gallery_labels, "euclidean", ks=(1,))
+    assert none.queries == 0 and np.isnan(none.top_k[1]) and np.isnan(none.mAP)
 
 
 def test_ties_rank_the_lower_gallery_index_first_and_cosine_distance():

@@ -37,11 +37,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_data_info(args: argparse.Namespace) -> int:
-    from pretext3d.data import detect_format, open_splits
+    from pretext3d.data.datasets import open_point_splits, point_format
     from pretext3d.utils.progress import progress_bar
 
-    fmt = detect_format(args.path)
-    splits = open_splits(args.path, num_points=args.points, on_error="skip", fmt=fmt)
+    fmt = point_format(args.path)
+    splits = open_point_splits(args.path, num_points=args.points, on_error="skip", fmt=fmt)
     print(f"{args.path}: format {fmt}")
     bad = 0
     counts = {}

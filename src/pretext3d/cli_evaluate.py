@@ -8,8 +8,9 @@ import argparse
 from typing import TYPE_CHECKING, Any, Callable
 
 from pretext3d.cli_options import (
-    add_architecture_arguments, add_feature_arguments, add_store_arguments, add_training_arguments, add_view_arguments,
-    add_weights_arguments, at_least, feature_options, log_for, store_options, training_options, weights_options,
+    add_architecture_arguments, add_feature_arguments, add_selection_arguments, add_store_arguments,
+    add_training_arguments, add_view_arguments, add_weights_arguments, at_least, feature_options, log_for,
+    selection_options, store_options, training_options, weights_options,
 )
 
 if TYPE_CHECKING:  # the protocols are imported when a command runs (a fast --help)
@@ -219,9 +220,12 @@ def _add_finetune(sub: argparse._SubParsersAction, name: str, task: str) -> None
         "hold-out of train; part segmentation: the dataset's val split); the test split is scored once with the "
         "weights that did best on validation.",
     )
-    p.add_argument("--data", required=True, help="classification: any supported dataset; part segmentation: a ShapeNetPart "
-                   "folder (shapenetcore_partanno_segmentation_benchmark_v0_normal) or 'builtin[:seed=,train=,test=]'")
+    p.add_argument("--data", required=True, help="classification: any supported dataset or a prepared store; part "
+                   "segmentation: a ShapeNetPart folder (shapenetcore_partanno_segmentation_benchmark_v0_normal) or "
+                   "'builtin[:seed=,train=,test=]'")
     add_weights_arguments(p, "finetune")
+    if task == "classification":
+        add_selection_arguments(p)
     add_architecture_arguments(p, k=False, defaults=False)
     add_training_arguments(p, "objects", "label fractions, e.g. 0.02 0.2 1 or 2%% 20%% 100%%")
     p.add_argument("--label-smoothing", type=float, default=0.2 if task == "classification" else 0.0,
@@ -244,7 +248,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from pretext3d.eval.finetune import FinetuneConfig, format_finetune, run_finetune
     from pretext3d.eval.presets import apply_preset
 
-    cfg = FinetuneConfig(**weights_options(args), **training_options(args), task=args.task, data=args.data,
+    selection = selection_options(args) if args.task == "classification" else {}
+    cfg = FinetuneConfig(**weights_options(args), **training_options(args), **selection, task=args.task, data=args.data,
                          label_smoothing=args.label_smoothing, val_fraction=args.val_fraction, num_points=args.points,
                          selection=args.selection, train_splits=getattr(args, "train_splits", "train"),
                          head=getattr(args, "head", "local"))
@@ -285,7 +290,7 @@ def _add_pretext(sub: argparse._SubParsersAction) -> None:
         "MIMS); cross-view (view, other view) distances of the image encoder. Distance thresholds are fitted on "
         "training pairs only.",
     )
-    add_store_arguments(p, "run", points=True)
+    add_store_arguments(p, "run", points=True, selection=False)  # its pairs are drawn from whole splits
     p.add_argument("--image-size", type=at_least(8), help="side the views are fed at (default: the run's training size)")
     p.add_argument("--pairs-factor", type=at_least(1), default=10, help="pairs per test object (default 10)")
     p.add_argument("--raw-distances", action="store_true",

@@ -17,7 +17,8 @@ import argparse
 from typing import Any, Callable
 
 __all__ = ["at_least", "fraction", "add_weights_arguments", "weights_options", "add_architecture_arguments",
-           "add_feature_arguments", "feature_options", "add_store_arguments", "store_options", "add_runtime_arguments",
+           "add_feature_arguments", "feature_options",
+           "add_selection_arguments", "selection_options", "add_store_arguments", "store_options", "add_runtime_arguments",
            "runtime_options", "add_training_arguments", "training_options", "add_view_arguments", "log_for"]
 
 
@@ -136,6 +137,7 @@ def add_feature_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subsample", choices=["first", "random", "fps"], default="first",
                    help="how clouds with more points are cut to --points (default: the first N, as published)")
     p.add_argument("--subset", choices=["modelnet10"], help="evaluate on the ModelNet10 classes of a ModelNet40 source")
+    add_selection_arguments(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (init, BN calibration, sampling); mean +- std is reported")
     p.add_argument("--batch-size", type=at_least(2), default=32)
     p.add_argument("--bn-calibration", type=at_least(2), metavar="N", help="with --random-init: training clouds for BN "
@@ -145,18 +147,34 @@ def add_feature_arguments(p: argparse.ArgumentParser) -> None:
     add_runtime_arguments(p, cache=True)
 
 
+def add_selection_arguments(p: argparse.ArgumentParser) -> None:
+    """A trial subset of the data: --classes, --per-class N, --select-seed."""
+    p.add_argument("--classes", nargs="+", metavar="NAME", help="keep only these classes (renumbered in this order)")
+    p.add_argument("--per-class", type=at_least(1), metavar="N",
+                   help="keep at most N objects of each class in each split (a seeded draw; a smaller N keeps a subset)")
+    p.add_argument("--select-seed", type=int, default=0, help="seed of the --per-class draw (default 0)")
+
+
+def selection_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``SelectionOptions`` fields of ``add_selection_arguments``."""
+    return dict(classes=args.classes, per_class=args.per_class, select_seed=args.select_seed)
+
+
 def feature_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``FeatureConfig`` fields of ``add_feature_arguments`` (weights and runtime included)."""
-    return dict(**weights_options(args), **runtime_options(args), data=args.data, num_points=args.points,
+    return dict(**weights_options(args), **runtime_options(args), **selection_options(args), data=args.data,
+                num_points=args.points,
                 subsample=args.subsample, subset=args.subset, seeds=args.seeds, batch_size=args.batch_size,
                 bn_calibration_clouds=_bn_calibration(args, 2048), k=args.k, emb_dims=args.emb_dims)
 
 
-def add_store_arguments(p: argparse.ArgumentParser, kind: str, points: bool) -> None:
+def add_store_arguments(p: argparse.ArgumentParser, kind: str, points: bool, selection: bool = True) -> None:
     """A prepared store's objects embedded by a run's method (``kind`` "run") or an image
-    encoder (``kind`` "image")."""
+    encoder (``kind`` "image"); ``selection``: also --classes / --per-class."""
     p.add_argument("--data", required=True, help="a prepared store (`pretext3d prepare`)")
     add_weights_arguments(p, kind)
+    if selection:
+        add_selection_arguments(p)
     if points:
         p.add_argument("--points", type=at_least(1), default=1024, help="points per cloud (the first N stored; default 1024)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init, calibration and draws")
@@ -169,7 +187,8 @@ def add_store_arguments(p: argparse.ArgumentParser, kind: str, points: bool) -> 
 def store_options(args: argparse.Namespace, seed: int | None = None) -> dict[str, Any]:
     """The ``StoreProtocolConfig`` fields (weights and runtime included) of the store options,
     or of the feature options of a command that also reads stores (``seed``: its one seed)."""
-    return dict(**weights_options(args), **runtime_options(args), data=args.data,
+    selection = selection_options(args) if hasattr(args, "classes") else {}
+    return dict(**weights_options(args), **runtime_options(args), **selection, data=args.data,
                 num_points=getattr(args, "points", None), seed=args.seed if seed is None else seed,
                 batch_size=args.batch_size, bn_calibration_objects=_bn_calibration(args, 256),
                 image_size=getattr(args, "image_size", None))

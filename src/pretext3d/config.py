@@ -164,7 +164,7 @@ def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[st
 
 def _set(recipe: dict[str, Any], parts: list[str], value: Any, key: str, merge: bool) -> None:
     if parts[0] not in TOP_LEVEL:
-        raise _unknown_key(key, parts[0], TOP_LEVEL, "")
+        raise _unknown_key(repr(key), parts[0], TOP_LEVEL, "")
     if len(parts) == 1:
         if isinstance(TOP_LEVEL[parts[0]], dict) and isinstance(value, dict):
             if not merge:
@@ -180,13 +180,13 @@ def _set(recipe: dict[str, Any], parts: list[str], value: Any, key: str, merge: 
     defaults = TOP_LEVEL[parts[0]]
     for depth, part in enumerate(parts[1:-1], start=1):
         if parts[0] in CHECKED_SECTIONS and depth == 1 and part not in defaults:
-            raise _unknown_key(key, part, defaults, f" in {parts[0]}")
+            raise _unknown_key(repr(key), part, defaults, f" in {parts[0]}")
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise RecipeError(f"{'.'.join(parts[:depth + 1])} is not a section, so {key!r} means nothing")
     last = parts[-1]
     if parts[0] in CHECKED_SECTIONS and len(parts) == 2 and last not in defaults:
-        raise _unknown_key(key, last, defaults, f" in {parts[0]}")
+        raise _unknown_key(repr(key), last, defaults, f" in {parts[0]}")
     # in a recipe file a mapping completes the mapping (data_options.builtin_store: {views: 4} keeps
     # the rest); an override replaces it
     node[last] = {**node[last], **value} if merge and isinstance(node.get(last), dict) and isinstance(value, dict) else value
@@ -196,7 +196,7 @@ def _unknown_key(key: str, name: str, known: Any, where: str) -> RecipeError:
     """The error for an unknown recipe key, with the closest known name and the known ones."""
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return RecipeError(f"unknown recipe key {key!r}{hint}; known{where}: {', '.join(known)}")
+    return RecipeError(f"unknown recipe key {key}{hint}; known{where}: {', '.join(known)}")
 
 
 def _integer(value: Any) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from pretext3d.data.errors import DataFormatError
+from pretext3d.data.selection import Selection, select_rows
 from pretext3d.geometry.sampling import farthest_point_sample, mesh_to_points
 from pretext3d.geometry.transforms import normalize_unit_sphere
 
@@ -190,17 +191,12 @@ class LazyPointClouds(PointCloudDataset):
 
 
 class SubsetPointClouds(PointCloudDataset):
-    """A subset of another dataset's clouds with labels renumbered (e.g. ModelNet10 of 40)."""
+    """Some of another dataset's clouds with labels renumbered: the classes and at most N
+    objects per class of a ``Selection`` (e.g. ModelNet10 of 40; see ``data.selection``)."""
 
-    def __init__(self, base: PointCloudDataset, keep_classes: Sequence[str], tag: str):
-        missing = [c for c in keep_classes if c not in base.classes]
-        if missing:
-            raise DataFormatError(base.source, f"has no classes {missing} needed for {tag}")
-        old_to_new = {base.classes.index(c): j for j, c in enumerate(keep_classes)}
-        self.rows = np.flatnonzero(np.isin(base.labels, list(old_to_new)))
+    def __init__(self, base: PointCloudDataset, selection: Selection, tag: str):
+        self.rows, self.classes, self.labels = select_rows(base.labels, base.classes, selection, base.source)
         self.base = base
-        self.labels = np.array([old_to_new[int(base.labels[r])] for r in self.rows], dtype=np.int64)
-        self.classes = list(keep_classes)
         self.names = [base.names[r] for r in self.rows]
         self.split, self.up_axis = base.split, base.up_axis
         self.source = f"{base.source} ({tag})"

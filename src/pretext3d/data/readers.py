@@ -46,6 +46,7 @@ from pretext3d.data.pointclouds import (
     mesh_cloud_loader,
     select_points,
 )
+from pretext3d.data.selection import Selection
 
 __all__ = [
     "FORMATS",
@@ -143,7 +144,8 @@ def open_splits(
     if subset is not None:
         if subset.lower() != "modelnet10":
             raise ValueError(f"unknown subset {subset!r}; known: modelnet10")
-        splits = {k: SubsetPointClouds(v, MODELNET10_CLASSES, "ModelNet10") for k, v in splits.items()}
+        splits = {k: SubsetPointClouds(v, Selection(classes=tuple(MODELNET10_CLASSES)), "ModelNet10")
+                  for k, v in splits.items()}
     return splits
 
 

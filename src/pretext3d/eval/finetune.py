@@ -33,7 +33,7 @@ from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig, T
 from pretext3d.eval.features import calibrate_batchnorm, collate_clouds
 from pretext3d.eval.linear_svm import accuracy_scores
 from pretext3d.eval.metrics import part_segmentation_miou
-from pretext3d.eval.options import RuntimeOptions, TrainingOptions, WeightsOptions
+from pretext3d.eval.options import RuntimeOptions, SelectionOptions, TrainingOptions, WeightsOptions
 from pretext3d.eval.presets import format_preset, preset_record
 from pretext3d.eval.protocols import config_record
 from pretext3d.geometry.transforms import random_scale, random_translate
@@ -291,10 +291,11 @@ def segmentation_scores(model: PartSegmenter, dataset: Dataset, category_parts: 
 
 
 @dataclass
-class FinetuneConfig(WeightsOptions, TrainingOptions, RuntimeOptions):
+class FinetuneConfig(WeightsOptions, SelectionOptions, TrainingOptions, RuntimeOptions):
     """Fine-tuning for a task from the weights (``WeightsOptions``; a random init builds
     ``backbone`` with ``random_config``, or ``like``'s architecture) with the runs of
-    ``TrainingOptions``."""
+    ``TrainingOptions``; classification reads any dataset or prepared store, optionally a trial
+    selection of it (``SelectionOptions``)."""
 
     task: str  # "classification" | "partseg"
     data: str
@@ -376,9 +377,10 @@ def _open_task_splits(cfg: FinetuneConfig) -> tuple[dict[str, Dataset], dict[int
         return splits, parts, num_parts
     if cfg.task != "classification":
         raise ValueError(f"task must be 'classification' or 'partseg', got {cfg.task!r}")
-    from pretext3d.data.readers import open_splits
+    from pretext3d.data.datasets import open_point_splits
 
-    splits = open_splits(cfg.data, cfg.num_points, "first", cfg.seed, on_error="skip")
+    splits = open_point_splits(cfg.data, cfg.num_points, "first", cfg.seed, on_error="skip",
+                               selection=cfg.data_selection())
     kept, held = carve_validation(splits["train"].labels, cfg.val_fraction, cfg.seed)
     train = splits["train"]
     pool = Subset(train, kept.tolist())
@@ -518,6 +520,7 @@ def run_finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dic
     return {
         "protocol": report_protocol,
         "dataset": cfg.data,
+        "data_selection": cfg.data_selection().describe(),
         "train_size": len(splits["train"]),
         "val_size": len(splits["val"]),
         "test_size": len(splits["test"]),
@@ -559,6 +562,7 @@ def format_finetune(report: dict) -> str:
     seg = report["protocol"] == "partseg"
     lines = [f"{report['protocol']}  {report['dataset']} ({report['train_size']} train / {report['val_size']} val / "
              f"{report['test_size']} test); weights {report['runs'][0]['weights']}",
+             *([f"  data subset     {report['data_selection']}"] if report.get("data_selection") else []),
              f"  selection       {report['validation']}",
              f"  training        {report.get('schedule', '')}; augmentation {report.get('augmentation', '')}",
              f"  {'labels':>8s} {'backbone':>9s} {'objects':>8s} {'steps':>6s} {'best step':>10s}  "

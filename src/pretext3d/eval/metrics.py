@@ -44,8 +44,10 @@ def pairwise_distances(query: np.ndarray, gallery: np.ndarray, metric: Metric = 
 class RetrievalScores:
     """top_k[k]: fraction of queries with at least one same-class item among their k nearest;
     precision_at_k[k]: mean fraction of same-class items among the k nearest; mAP: mean over
-    queries of the average precision of the whole ranking; queries: queries scored (a query
-    with no same-class item in its gallery has no AP and is not counted: ``no_relevant``)."""
+    queries of the average precision of the whole ranking; queries: queries scored.
+
+    A query with no same-class item in its gallery can be neither right nor wrong: it is left
+    out of every metric alike (top-k, precision and mAP) and counted in ``no_relevant``."""
 
     top_k: dict[int, float]
     precision_at_k: dict[int, float]
@@ -90,21 +92,22 @@ def retrieval_scores(
         ranked = np.take_along_axis(relevant & valid, order, axis=1)
         cumulative = np.cumsum(ranked, axis=1)
         counts = valid.sum(1)
-        for k in ks:
-            top = ranked[:, :k]
-            hits[k] += float(top.any(1).sum())
-            precision[k] += float((top.sum(1) / np.minimum(k, counts)).sum())
-        ranks = np.arange(1, ranked.shape[1] + 1)
         total = ranked.sum(1)
+        answerable = total > 0
+        for k in ks:
+            top = ranked[answerable, :k]
+            hits[k] += float(top.any(1).sum())
+            precision[k] += float((top.sum(1) / np.minimum(k, counts[answerable])).sum())
+        ranks = np.arange(1, ranked.shape[1] + 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             aps[start:stop] = np.where(total > 0, (cumulative / ranks * ranked).sum(1) / total, np.nan)
     scored = ~np.isnan(aps)
-    n = len(query)
+    n = int(scored.sum())
     return RetrievalScores(
-        top_k={k: hits[k] / n for k in ks},
-        precision_at_k={k: precision[k] / n for k in ks},
-        mAP=float(aps[scored].mean()) if scored.any() else float("nan"),
-        queries=int(n),
+        top_k={k: hits[k] / n if n else float("nan") for k in ks},
+        precision_at_k={k: precision[k] / n if n else float("nan") for k in ks},
+        mAP=float(aps[scored].mean()) if n else float("nan"),
+        queries=n,
         no_relevant=int((~scored).sum()),
         per_query_ap=aps,
     )

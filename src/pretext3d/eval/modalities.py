@@ -29,10 +29,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from pretext3d.data.errors import DataFormatError
 from pretext3d.data.multimodal import MultimodalDataset
+from pretext3d.data.selection import Selection, select_rows
 from pretext3d.data.store import read_index, read_store_settings
 from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
 from pretext3d.eval.features import Features, batchnorm_calibration, seeded_subset
-from pretext3d.eval.options import CacheOptions, RuntimeOptions, WeightsOptions
+from pretext3d.eval.options import CacheOptions, RuntimeOptions, SelectionOptions, WeightsOptions
 from pretext3d.models import image_encoder_module, mesh_inputs
 from pretext3d.runs import open_method
 from pretext3d.utils.progress import progress_bar
@@ -60,7 +61,7 @@ MODALITIES = ("points", "image", "mesh")
 _DATASET_MODALITY = {"points": "points", "image": "images", "mesh": "mesh"}
 
 @dataclass
-class StoreProtocolConfig(WeightsOptions, CacheOptions, RuntimeOptions):
+class StoreProtocolConfig(WeightsOptions, SelectionOptions, CacheOptions, RuntimeOptions):
     """What every protocol on a prepared store's modalities takes: the store, the weights (a
     pretraining run folder as ``checkpoint``, or random_init with ``like`` a run folder: that
     run's method with seeded random weights and BatchNorm statistics calibrated on
@@ -297,11 +298,20 @@ def _cache_key(encoders: ModalityEncoders, split: str, modality: str, num_points
 def embed_store(encoders: ModalityEncoders, root: str | Path, split: str, modalities: Sequence[str] | None = None,
                 num_points: int | None = None, image_size: int | None = None, batch_size: int = 16,
                 device: torch.device | str = "cpu", num_workers: int = 0, cache_dir: str | None = None,
-                use_cache: bool = True, progress: bool = True, objects: Sequence[int] | None = None) -> StoreEmbeddings:
-    """Embeddings of every object of ``split`` (or of the rows ``objects`` of it) in each of
-    ``modalities`` (default: every modality the encoders have). num_points: the first N stored
-    points (default all); image_size: the side views are resized to (default the stored size)."""
+                use_cache: bool = True, progress: bool = True, objects: Sequence[int] | None = None,
+                selection: Selection | None = None) -> StoreEmbeddings:
+    """Embeddings of every object of ``split`` (or of the rows ``objects`` of it, or of a trial
+    ``selection`` of its classes and objects, labels renumbered) in each of ``modalities``
+    (default: every modality the encoders have). num_points: the first N stored points
+    (default all); image_size: the side views are resized to (default the stored size)."""
     root = Path(root)
+    kept_classes, relabelled = None, None
+    if selection is not None and selection.active:
+        if objects is not None:
+            raise ValueError("give objects or a selection, not both")
+        index = read_index(root)
+        split_labels = np.array([e["label"] for e in index["objects"] if e["split"] == split], dtype=np.int64)
+        objects, kept_classes, relabelled = select_rows(split_labels, index["classes"], selection, str(root))
     chosen = tuple(modalities or encoders.modalities)
     missing = [m for m in chosen if m not in encoders.modules]
     if missing:
@@ -341,7 +351,9 @@ def embed_store(encoders: ModalityEncoders, root: str | Path, split: str, modali
             flat = found[m].features
             features[m] = flat.reshape(len(flat), dataset.settings.views, -1) if m == "image" else flat
     names = [e.get("name", e["key"]) for e in entries]
-    return StoreEmbeddings(split, labels.copy(), names, list(dataset.classes), features,
+    if relabelled is not None:
+        labels = relabelled
+    return StoreEmbeddings(split, labels.copy(), names, list(kept_classes or dataset.classes), features,
                            {m: found[m] is not None for m in chosen}, seconds)
 
 

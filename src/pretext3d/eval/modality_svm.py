@@ -76,7 +76,8 @@ def run_modality_svm(cfg: ModalitySVMConfig, log: Callable[[str], None] = print)
                                     cfg.bn_calibration_objects, cfg.batch_size, cfg.seed, device, cfg.num_workers,
                                     cfg.progress) if cfg.random_init else None
     embedded = {split: embed_store(encoders, cfg.data, split, cfg.modalities, cfg.num_points, image_size, cfg.batch_size,
-                                   device, cfg.num_workers, cfg.cache_dir, cfg.use_cache, cfg.progress)
+                                   device, cfg.num_workers, cfg.cache_dir, cfg.use_cache, cfg.progress,
+                                   selection=cfg.data_selection())
                 for split in ("train", "test")}
     train = _object_features(embedded["train"].features, views, cfg.pool)
     test = _object_features(embedded["test"].features, views, cfg.pool)
@@ -95,6 +96,7 @@ def run_modality_svm(cfg: ModalitySVMConfig, log: Callable[[str], None] = print)
     return {
         "protocol": "modality-svm",
         "dataset": cfg.data,
+        "data_selection": cfg.data_selection().describe(),
         "num_classes": len(embedded["train"].classes),
         "train_size": len(embedded["train"].labels),
         "test_size": len(embedded["test"].labels),

@@ -80,7 +80,8 @@ def run_multiview(cfg: MultiviewConfig, log: Callable[[str], None] = print) -> d
         calibrated = calibrate_encoders(encoders, cfg.data, ("image",), None, image_size, cfg.bn_calibration_objects,
                                         cfg.batch_size, cfg.seed, device, cfg.num_workers, cfg.progress)
     embedded = {split: embed_store(encoders, cfg.data, split, ("image",), None, image_size, cfg.batch_size, device,
-                                   cfg.num_workers, cfg.cache_dir, cfg.use_cache, cfg.progress)
+                                   cfg.num_workers, cfg.cache_dir, cfg.use_cache, cfg.progress,
+                                   selection=cfg.data_selection())
                 for split in ("train", "test")}
     counts = sorted({v for v in cfg.view_counts if v <= settings.views} | {settings.views})
     results = []
@@ -97,6 +98,7 @@ def run_multiview(cfg: MultiviewConfig, log: Callable[[str], None] = print) -> d
     return {
         "protocol": "multiview",
         "dataset": cfg.data,
+        "data_selection": cfg.data_selection().describe(),
         "store_views": settings.views,
         "camera_layout": settings.layout,
         "num_classes": len(embedded["train"].classes),

@@ -9,6 +9,8 @@ the groups it needs plus its own settings (``FeatureConfig``, ``StoreProtocolCon
   made; ``architecture()`` and ``method_run()`` resolve it, through ``pretext3d.runs``.
 * ``RuntimeOptions``: device and progress output.
 * ``CacheOptions``: data-loading processes and the feature cache (protocols on frozen features).
+* ``SelectionOptions``: a trial subset of the data: some classes, at most N objects per class
+  (``data.selection``).
 * ``TrainingOptions``: the fine-tuning runs (label fractions, frozen / unfrozen, optimisation,
   validation passes, where the run folders go).
 """
@@ -18,9 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pretext3d.data.selection import Selection
 from pretext3d.runs import backbone_architecture
 
-__all__ = ["WeightsOptions", "RuntimeOptions", "CacheOptions", "TrainingOptions"]
+__all__ = ["WeightsOptions", "RuntimeOptions", "CacheOptions", "SelectionOptions", "TrainingOptions"]
 
 
 @dataclass(kw_only=True)
@@ -89,6 +92,19 @@ class WeightsOptions:
 class RuntimeOptions:
     device: str = "auto"  # auto (a GPU when there is one), cpu, cuda, cuda:1, ...
     progress: bool = True  # progress bars and lines on stderr
+
+
+@dataclass(kw_only=True)
+class SelectionOptions:
+    """A trial subset of the data (``data.selection``): the classes to keep (None: all) and at
+    most ``per_class`` objects of each per split, drawn with ``select_seed``."""
+
+    classes: list[str] | None = None
+    per_class: int | None = None
+    select_seed: int = 0
+
+    def data_selection(self) -> Selection:
+        return Selection(tuple(self.classes) if self.classes is not None else None, self.per_class, self.select_seed)
 
 
 @dataclass(kw_only=True)

@@ -130,6 +130,8 @@ def _pairs_for(embedded: StoreEmbeddings, views: int, factor: int, seed: int, sp
 
 def run_pretext(cfg: PretextConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The pretext metrics of a run on the test split of a store; the report."""
+    if cfg.data_selection().active:
+        raise ValueError("the pretext metrics draw their pairs from whole splits: --classes / --per-class do not apply")
     run = cfg.method_run()
     opened = open_method(run, cfg.random_init, cfg.seed)
     method, recipe, weights_id, source = opened.method, opened.recipe, opened.weights_id, opened.source

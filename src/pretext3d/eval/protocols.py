@@ -12,12 +12,13 @@ from typing import Any, ClassVar, Iterator
 import numpy as np
 import torch
 
+from pretext3d.data.datasets import STORE, open_point_splits, point_format
 from pretext3d.data.errors import DataFormatError
-from pretext3d.data.readers import MESH_FORMATS, detect_format, open_splits
+from pretext3d.data.readers import MESH_FORMATS
 from pretext3d.eval.cache import FeatureCache, data_fingerprint, file_digest
 from pretext3d.eval.features import Features, calibrate_batchnorm, extract_features
 from pretext3d.eval.linear_svm import DEFAULT_C_GRID, fit_linear_svm
-from pretext3d.eval.options import CacheOptions, RuntimeOptions, WeightsOptions
+from pretext3d.eval.options import CacheOptions, RuntimeOptions, SelectionOptions, WeightsOptions
 from pretext3d.eval.presets import format_preset, preset_record
 from pretext3d.models import build_backbone
 from pretext3d.runs import CheckpointError, backbone_file, load_backbone, provenance
@@ -36,8 +37,9 @@ BN_CALIBRATION_NOTE = (
 
 
 @dataclass
-class FeatureConfig(WeightsOptions, CacheOptions, RuntimeOptions):
-    """Where frozen global features come from: data, weights (``WeightsOptions``: a checkpoint,
+class FeatureConfig(WeightsOptions, SelectionOptions, CacheOptions, RuntimeOptions):
+    """Where frozen global features come from: data (any dataset or a prepared store, optionally
+    a trial selection of its classes and objects), weights (``WeightsOptions``: a checkpoint,
     or a random initialisation with calibrated BatchNorm; with a checkpoint, backbone None means
     whatever it holds) and extraction settings. Every protocol on frozen features extends it."""
 
@@ -127,17 +129,19 @@ def iter_split_features(cfg: FeatureConfig) -> Iterator[SplitFeatures]:
     A random initialisation is seeded per seed and its BatchNorm statistics are calibrated on
     training clouds (never test). ``cfg`` must have gone through ``prepare_feature_config``.
     """
-    fmt = detect_format(cfg.data)
+    fmt = point_format(cfg.data)
     device = resolve_device(cfg.device)
     cache = FeatureCache(cfg.cache_dir) if cfg.use_cache else None
     data_id = data_fingerprint(cfg.data, fmt)
     checkpoint_digest = file_digest(cfg.checkpoint) if cfg.checkpoint else None
     for seed in cfg.seeds:
-        splits = open_splits(cfg.data, cfg.num_points, cfg.subsample, seed, cfg.subset, on_error="skip", fmt=fmt)
+        splits = open_point_splits(cfg.data, cfg.num_points, cfg.subsample, seed, cfg.subset, on_error="skip", fmt=fmt,
+                                   selection=cfg.data_selection())
         check_splits(cfg.data, splits)
         keys = {
             split: FeatureCache.key(weights=_weights_id(cfg, seed, checkpoint_digest), data=data_id, fmt=fmt,
-                                    subset=cfg.subset, split=split, points=cfg.num_points, subsample=cfg.subsample,
+                                    subset=cfg.subset, selection=cfg.data_selection().record(), split=split,
+                                    points=cfg.num_points, subsample=cfg.subsample,
                                     sample_seed=seed if _seed_matters(cfg, fmt) else None)
             for split in ("train", "test")
         }
@@ -186,6 +190,7 @@ def feature_report(cfg: FeatureConfig, protocol: str, extracted: list[SplitFeatu
         "dataset": cfg.data,
         "dataset_format": fmt,
         "subset": cfg.subset,
+        "data_selection": cfg.data_selection().describe(),
         "num_classes": len(first.splits["train"].classes),
         "backbone": info.get("backbone", cfg.backbone),
         "backbone_config": info.get("config"),
@@ -242,6 +247,8 @@ def _build_model(cfg: FeatureConfig, seed: int) -> tuple[torch.nn.Module, dict[s
 def describe_sampling(fmt: str, subsample: str) -> str:
     if fmt in MESH_FORMATS:
         return "area-weighted surface samples reduced by FPS, seeded per object"
+    if fmt == STORE and subsample == "first":
+        return "first N stored points (a prepared store keeps them in farthest-point order)"
     return {"first": "first N stored points", "random": "N random stored points (seeded)",
             "fps": "FPS of the stored points"}[subsample]
 
@@ -289,6 +296,7 @@ def format_feature_header(report: dict, title: str) -> list[str]:
     lines = [
         f"{title}  {report['dataset']} ({report['dataset_format']}{', ' + report['subset'] if report['subset'] else ''}, "
         f"{report['num_classes']} classes)",
+        *([f"  data subset     {report['data_selection']}"] if report.get("data_selection") else []),
         f"  backbone        {report['backbone']} ({report['weights']})",
         f"  feature dim     {report['feature_dim']}",
         f"  points / cloud  {report['num_points']} ({report['sampling']})",

@@ -37,6 +37,12 @@ class RetrievalConfig(FeatureConfig):
     gallery: str = "test"
 
 
+# how queries are counted, stated in every report and printed
+QUERIES_RULE = ("every test object with at least one relevant item in its gallery; a query without one (the only "
+                "object of its class there) can be neither right nor wrong and is left out of every metric alike "
+                "(queries_without_relevant counts them)")
+
+
 def within_split_scores(features: np.ndarray, labels: np.ndarray, metric: str, ks) -> RetrievalScores:
     """Every item queries all the others of the same set. features: (S, D), labels: (S,)."""
     return retrieval_scores(features, labels, features, labels, metric, ks, exclude=np.eye(len(features), dtype=bool))
@@ -72,7 +78,7 @@ def run_retrieval(cfg: RetrievalConfig, log: Callable[[str], None] = print) -> d
     return {
         **feature_report(cfg, "retrieval", extracted),
         "modality": "points -> points",
-        "queries": "every test object",
+        "queries": QUERIES_RULE,
         "gallery": "the test split without the query itself (the query is excluded from its own ranking)"
                    if cfg.gallery == "test" else "the whole train split",
         "metric": cfg.metric + (" distance 1 - cos on the raw features" if cfg.metric == "cosine" else " distance"),
@@ -126,7 +132,7 @@ def run_store_retrieval(cfg: StoreRetrievalConfig, log: Callable[[str], None] = 
                                     cfg.bn_calibration_objects, cfg.batch_size, cfg.seed, device, cfg.num_workers,
                                     cfg.progress) if cfg.random_init else None
     test = embed_store(encoders, cfg.data, "test", cfg.modalities, cfg.num_points, image_size, cfg.batch_size, device,
-                       cfg.num_workers, cfg.cache_dir, cfg.use_cache, cfg.progress)
+                       cfg.num_workers, cfg.cache_dir, cfg.use_cache, cfg.progress, selection=cfg.data_selection())
     features = {m: pool_views(f, views, cfg.pool) if m == "image" else f for m, f in test.features.items()}
     labels, objects = test.labels, np.arange(len(test.labels))
     results: dict[str, Any] = {}
@@ -145,6 +151,7 @@ def run_store_retrieval(cfg: StoreRetrievalConfig, log: Callable[[str], None] = 
     return {
         "protocol": "retrieval",
         "dataset": cfg.data,
+        "data_selection": cfg.data_selection().describe(),
         "num_classes": len(test.classes),
         "test_size": len(labels),
         "weights": encoders.source,
@@ -157,7 +164,7 @@ def run_store_retrieval(cfg: StoreRetrievalConfig, log: Callable[[str], None] = 
         "image_size": image_size if with_images else None,
         "views": {"count": len(views), "indices": views.tolist(), "pool": cfg.pool,
                   "rule": "views floor(i * V / v), i < v, of the store's V; per-view features pooled"} if with_images else None,
-        "queries": "every test object",
+        "queries": QUERIES_RULE,
         "gallery": {"within-modal": "the other test objects (the query is excluded from its own ranking)",
                     "cross-modal": "every test object in the other modality, the query's own counterpart included"},
         "metric": cfg.metric + (" distance 1 - cos on the raw features" if cfg.metric == "cosine" else " distance"),
@@ -176,11 +183,18 @@ def run_store_retrieval(cfg: StoreRetrievalConfig, log: Callable[[str], None] = 
 
 def format_retrieval(report: dict) -> str:
     lines = format_feature_header(report, "retrieval")
-    lines += [f"  queries         {report['per_seed'][0]['queries']} ({report['queries']}); gallery: {report['gallery']}",
+    first = report["per_seed"][0]
+    lines += [f"  queries         {first['queries']} scored{_left_out(first['queries_without_relevant'])}; "
+              f"gallery: {report['gallery']}",
               f"  distance        {report['metric']}"]
     for name, res in report["results"].items():
         lines.append(f"  {name:15s} {100 * res['mean']:.2f}%" + (f" +- {100 * res['std']:.2f}" if len(report["seeds"]) > 1 else ""))
     return "\n".join(lines + format_skipped(report))
+
+
+def _left_out(count: int) -> str:
+    return (f", {count} without a relevant item in the gallery left out of every metric" if count else
+            " (a query without a relevant item in the gallery would be left out of every metric)")
 
 
 def format_store_retrieval(report: dict) -> str:
@@ -200,4 +214,9 @@ def format_store_retrieval(report: dict) -> str:
         instance = res.get("instance")
         lines.append(f"  {name:16s} {100 * res['mAP']:6.2f}% " + " ".join(f"{100 * v:6.2f}%" for v in res["top_k"].values())
                      + (f"   {100 * instance['top_k']['1']:6.2f}%" if instance and "1" in instance["top_k"] else ""))
+    left_out = {name: res["queries_without_relevant"] for name, res in report["results"].items()
+                if res.get("queries_without_relevant")}
+    lines.append("  queries         " + ("; ".join(f"{name}: {n} without a relevant item left out of every metric"
+                                                   for name, n in left_out.items())
+                                         if left_out else "every test object (each has a relevant item)"))
     return "\n".join(lines)

@@ -129,7 +129,7 @@ _SETTING_KEYS = ("dataset", "backbone", "weights", "num_points", "sampling", "fe
                  "bn_calibration", "support_split", "query_split", "queries_per_class", "episode_sampling", "gallery",
                  "metric", "validation", "label_fractions", "augmentation", "train_size", "test_size", "val_size",
                  "space", "views", "image_size", "pool", "view_choice", "classifier", "pairs", "threshold_fit",
-                 "test_area", "features", "voting", "selection")
+                 "test_area", "features", "voting", "selection", "data_selection")
 
 
 def _settings(report: dict) -> list[tuple[str, str]]:
