@@ -115,24 +115,40 @@ def test_mesh_folder_with_worker_processes(tmp_path, capsys):
 
 
 def test_demo_pretrains_and_compares_with_random_init(tmp_path, capsys):
-    args = ["demo", "--train", "3", "--test", "1", "--points", "128", "--steps", "2", "--out", str(tmp_path / "demo"),
-            "--quiet", "batch_size=8", "num_workers=0",
-            "data_options.builtin_store={views: 2, image_size: 32, faces: 64}", "data_options.image_size=32"]
+    args = ["demo", "--train", "3", "--test", "1", "--points", "128", "--steps", "2", "--episodes", "2",
+            "--out", str(tmp_path / "demo"), "--quiet", "--threads", "1", "batch_size=8", "--image-size", "16",
+            "data_options.builtin_store={views: 2, image_size: 32, faces: 64}"]
     rc = main(args)
     out = capsys.readouterr().out
-    assert rc == 0 and "random init" in out and "parae 2 steps" in out and "crosspoint 2 steps" in out
-    floor = json.loads((tmp_path / "demo" / "linear_svm_random_init.json").read_text())
-    assert floor["train_size"] == 42 and floor["test_size"] == 14
+    assert rc == 0 and "random init (parae arch.)" in out and "parae 2 steps" in out and "crosspoint 2 steps" in out
+    assert "few-shot 14-way 1-shot" in out and "retrieval" in out
     for method, backbone in (("parae", "pointnet-pointwise"), ("crosspoint", "pointnet")):
-        report = json.loads((tmp_path / "demo" / f"linear_svm_{method}.json").read_text())
-        assert report["backbone"] == backbone and report["test_size"] == 14
-        assert (tmp_path / "demo" / f"pretrain_{method}" / "backbone.safetensors").is_file()
+        run = tmp_path / "demo" / f"pretrain_{method}"
+        for protocol in ("linear_svm", "fewshot", "retrieval"):
+            trained = json.loads((run / "eval" / f"{protocol}.json").read_text())
+            floor = json.loads((run / "eval" / f"{protocol}_random_init.json").read_text())
+            assert trained["backbone"] == floor["backbone"] == backbone  # the floor has the run's architecture
+            assert floor["weights"] == "random-init" and trained["dataset"] == floor["dataset"]
+            assert trained["num_points"] == floor["num_points"] == 128
+        assert (run / "report.html").is_file()
     # a second demo reuses the finished runs and leaves them as they were
     config = (tmp_path / "demo" / "pretrain_parae" / "config.json").read_bytes()
-    assert main([*args, "--methods", "parae"]) == 0
+    assert main([*args, "--methods", "parae", "--no-report"]) == 0
     with pytest.raises(SystemExit):
         main([*args, "--methods", "simclr"])
     assert (tmp_path / "demo" / "pretrain_parae" / "config.json").read_bytes() == config
+
+
+def test_threads_take_the_free_cores_and_may_follow_the_command(monkeypatch):
+    from pretext3d.cli import _threads_first
+    from pretext3d.utils.threads import free_cores
+
+    assert free_cores(load=0.1, cores=2) == 2 and free_cores(load=1.2, cores=2) == 1 and free_cores(load=7, cores=2) == 1
+    assert free_cores(load=2.6, cores=8) == 5
+    assert _threads_first(["demo", "--threads", "1", "--quiet"]) == ["--threads", "1", "demo", "--quiet"]
+    assert _threads_first(["evaluate", "x", "--threads=auto"]) == ["--threads=auto", "evaluate", "x"]
+    with pytest.raises(SystemExit):
+        main(["--threads", "0", "recipes"])
 
 
 def test_console_script_is_installed():

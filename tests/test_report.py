@@ -3,6 +3,7 @@ headless browser (Debian's chromium) the page loads with every image and no erro
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -84,3 +85,54 @@ def test_retrieval_renders_use_the_up_axis_prepare_uses():
     assert default_up_axis("npz") == "z"  # ModelNet's convention, as `prepare` renders it
     assert default_up_axis("mesh_folder") == "y"  # OBJ / ShapeNet
     assert default_up_axis("npz", "y") == "y"  # what the reader knows wins
+
+
+def test_the_headline_pairs_each_evaluation_with_its_floor():
+    from pretext3d.report.compare import comparison_rows
+
+    def svm(accuracy: float, random_init: bool, points: int = 1024) -> dict:
+        return {"protocol": "linear-svm", "dataset": "d", "num_points": points, "accuracy": accuracy,
+                "class_mean_accuracy": accuracy - 0.01, "weights": "random-init" if random_init else "run/backbone",
+                "config": {"random_init": random_init}}
+
+    fewshot = {"protocol": "fewshot", "dataset": "d", "num_points": 1024, "results": {"5-way 1-shot": {"accuracy": 0.7}},
+               "config": {"random_init": False, "settings": [[5, 1]]}}
+    rows = comparison_rows([("svm.json", svm(0.90, False)), ("floor.json", svm(0.85, True)),
+                            ("other_points.json", svm(0.80, True, points=512)), ("fewshot.json", fewshot)])
+    by_measure = {(r["protocol"], r["measure"]): r for r in rows}
+    assert set(by_measure) == {("linear-svm", "accuracy"), ("linear-svm", "class mean accuracy"),
+                               ("fewshot", "5-way 1-shot")}  # floors are not rows of their own
+    assert by_measure[("linear-svm", "accuracy")]["gain"] == pytest.approx(0.05)  # the 1024-point floor, not 512
+    assert by_measure[("fewshot", "5-way 1-shot")]["floor"] is None  # no floor with its settings
+
+
+def test_a_store_run_shows_its_own_store_and_a_cross_modal_grid(tmp_path):
+    from pretext3d.data.prepare import prepare
+    from pretext3d.data.store import StoreSettings
+
+    store = tmp_path / "store"
+    prepare("builtin:train=2,test=2", store, StoreSettings(points=128, views=2, image_size=32, faces=64), workers=1,
+            progress=False)
+    run = tmp_path / "cp"
+    assert main(["pretrain", "--recipe", "crosspoint_cpu", "--out", str(run), f"data={store}", "steps=1",
+                 "batch_size=4", "data_options.points=128", "data_options.image_size=32",
+                 "model.backbone_config={emb_dims: 32, widths: [16]}", "model.hidden_dim=16",
+                 "model.projection_dim=8"]) == 0
+    for random_init in (False, True):  # the run's retrieval and its floor, in the run folder
+        weights = ["--random-init", "--like", str(run)] if random_init else ["--checkpoint", str(run)]
+        assert main(["evaluate", "retrieval", "--data", str(store), *weights, "--points", "128", "--quiet",
+                     "--no-cache", "--json", str(run / "eval" / f"retrieval{'_random_init' if random_init else ''}.json")]) == 0
+    page = tmp_path / "page.html"
+    assert main(["report", str(run), "--out", str(page), "--points", "128", "--queries", "2", "--top-k", "3",
+                 "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    record = json.loads((tmp_path / "page_files" / "report.json").read_text())
+    assert record["data"] == str(store)  # the run's own store, not the built-in shapes
+    text = html.unescape(page.read_text())
+    assert f"test split of {store}, the run's training data (store)" in text
+    grid = record["figures"]["crossmodal"]
+    assert len(grid["queries"]) == 2 and all(len(q["retrieved"]) == 3 for q in grid["queries"])
+    assert (tmp_path / "page_files" / "retrieval_crossmodal.png").is_file()
+    rows = {r["measure"]: r for r in record["comparison"]}
+    assert rows["mAP"]["floor"] is not None and rows["mAP"]["gain"] == pytest.approx(rows["mAP"]["value"]
+                                                                                        - rows["mAP"]["floor"])
+    assert "Results against the random-init floor" in text

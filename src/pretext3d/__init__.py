@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pretext3d._version import __version__
+
 if TYPE_CHECKING:
     from pretext3d.models.checkpoint import LoadedBackbone
 
-__version__ = "0.1.0"
-__all__ = ["load_backbone", "load_method", "__version__"]
+__all__ = ["load_backbone", "load_method", "embed", "__version__"]
 
 
 def load_backbone(path: str | Path, expected: str | None = None, **reference_config: Any) -> LoadedBackbone:
@@ -29,3 +30,15 @@ def load_method(run: str | Path, step: int | None = None):
     from pretext3d.runs import load_method as load
 
     return load(run, step)
+
+
+def embed(run: str | Path, points: Any = None, images: Any = None, meshes: Any = None, space: str = "auto",
+          **options: Any) -> dict:
+    """A run's features of raw point clouds, images and meshes, prepared as its training data
+    were (unit-sphere normalisation, the run's point count and image size): {"points": (B, D),
+    "image": (B, D), "mesh": (B, D)} for what is given; space "shared" | "encoder" | "auto".
+    See :func:`pretext3d.embedding.embed` for the options and :class:`pretext3d.embedding.Embedder`
+    to embed many inputs with one loaded run."""
+    from pretext3d.embedding import embed as run_embed
+
+    return run_embed(run, points, images, meshes, space, **options)

@@ -80,8 +80,12 @@ def _method_list(text: str) -> list[str]:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job end to end on the built-in data: pretrain, then the linear-SVM "
-                       "gain over random init (minutes on 2 cores)")
+    p = sub.add_parser("demo", help="the main job end to end on the built-in data: pretrain, then the gain over the "
+                       "random-init floor in three protocols, and the report pages (minutes on 2 cores)",
+                       description="Pretrain ParAE and CrossPoint (their *_cpu recipes) on the built-in shapes; score each "
+                       "backbone and its random-init floor with a linear SVM on every label, few-shot 14-way 1-shot and "
+                       "retrieval mAP on frozen features; print the table with the gains; write each run's report page. "
+                       "Threads: auto unless --threads or OMP_NUM_THREADS says otherwise.")
     p.add_argument("--out", default="demo_out", help="runs, reports and cache (default demo_out; a finished run is reused)")
     p.add_argument("--methods", type=_method_list, default=["parae", "crosspoint"], metavar="M[,M]",
                    help=f"pretext tasks to pretrain with, comma-separated (their *_cpu recipes; default both): "
@@ -89,9 +93,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=_at_least(1), default=120, help="pretraining steps per method (default 120)")
     p.add_argument("--train", type=_at_least(2), default=40, help="built-in objects per class for training")
     p.add_argument("--test", type=_at_least(1), default=10, help="built-in objects per class for testing")
-    p.add_argument("--points", type=_at_least(1), default=1024)
+    p.add_argument("--points", type=_at_least(1), default=256, help="points per cloud (default 256)")
+    p.add_argument("--image-size", type=_at_least(8), default=32,
+                   help="side of the views CrossPoint trains on (default 32; rendered at 64, 4 views per object)")
+    p.add_argument("--episodes", type=_at_least(1), default=50, help="few-shot episodes (default 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-report", dest="report", action="store_false", help="skip the report pages")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for every method")
     p.set_defaults(func=_cmd_demo)
@@ -101,9 +109,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from pretext3d.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=args.out, methods=args.methods, steps=args.steps, train=args.train, test=args.test,
-                     points=args.points, seed=args.seed, device=args.device, progress=not args.quiet,
-                     overrides=list(args.overrides))
-    print(run_demo(cfg, log=log_for(args)))
+                     points=args.points, image_size=args.image_size, episodes=args.episodes, seed=args.seed, device=args.device,
+                     progress=not args.quiet, report=args.report, overrides=list(args.overrides))
+    log = log_for(args)
+    if getattr(args, "threads_used", None):
+        log(f"[demo] {args.threads_used} thread(s)")
+    print(run_demo(cfg, log=log))
     return 0
 
 
@@ -142,6 +153,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pretext3d", description="Self-supervised 3D representation learning.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--threads", type=_threads, metavar="N|auto",
+                        help="threads of the math libraries (default: torch's, one per core; demo: auto): auto takes the "
+                        "cores the rest of the machine leaves free (1-minute load average); may also follow the command")
     sub = parser.add_subparsers(dest="command", required=True)
     add_evaluate(sub)
     add_pretrain(sub)
@@ -156,9 +170,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from pretext3d import __version__
+    from pretext3d._version import __version__
 
     return __version__
+
+
+def _threads(text: str) -> str:
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"a positive integer or auto, got {text!r}")
+    return text
+
+
+def _threads_first(argv: list[str]) -> list[str]:
+    """``--threads V`` moved before the command wherever it stands (it is an option of the
+    program, and reads naturally after the command too)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--threads=") and i > 0:
+            return [arg, *argv[:i], *argv[i + 1:]]
+        if arg == "--threads" and i > 0 and i + 1 < len(argv):
+            return [arg, argv[i + 1], *argv[:i], *argv[i + 2:]]
+    return argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_args(_threads_first(list(sys.argv[1:] if argv is None else argv)))
     if unknown and getattr(args, "overrides", None) is not None and all("=" in u and not u.startswith("-") for u in unknown):
         args.overrides = [*args.overrides, *unknown]  # key=value after an option (e.g. after --resume)
     elif unknown:
@@ -177,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pretext3d.utils.lock import FolderBusy
 
     try:
+        threads = args.threads or ("auto" if args.command == "demo" and "OMP_NUM_THREADS" not in os.environ else None)
+        if threads:
+            from pretext3d.utils.threads import set_threads
+
+            args.threads_used = set_threads(threads)
         return int(args.func(args) or 0)
     except (DataFormatError, CheckpointError, ValueError, FolderBusy) as err:  # bad input: one clear line
         if os.environ.get("PRETEXT3D_DEBUG"):

@@ -58,6 +58,7 @@ __all__ = [
     "build_index",
     "decode_images",
     "encode_images",
+    "fps_indices",
     "object_path",
     "prepare_object",
     "read_object",
@@ -188,7 +189,9 @@ def render_views(normalized: LoadedObject, cameras: Cameras, settings: StoreSett
                          grayscale=settings.grayscale)
 
 
-def _fps_indices(cloud: np.ndarray, count: int, seed: int) -> np.ndarray:
+def fps_indices(cloud: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Rows of ``count`` farthest-point samples of ``cloud`` (N, 3), in sampling order (every
+    prefix is well spread); ``seed`` picks the start."""
     tagged = np.concatenate([cloud, np.arange(len(cloud))[:, None]], axis=1)
     return select_points(tagged, count, "fps", seed)[:, 3].astype(np.int64)
 
@@ -210,7 +213,7 @@ def prepare_object(source: Source, obj: SourceObject, settings: StoreSettings, r
     else:
         if len(loaded.points) < settings.points:
             raise DataFormatError(loaded.origin, f"has {len(loaded.points)} points, fewer than the {settings.points} asked for")
-        keep = _fps_indices(loaded.points, settings.points, seed)  # FPS order: every prefix is well spread
+        keep = fps_indices(loaded.points, settings.points, seed)  # FPS order: every prefix is well spread
         points, normals = loaded.points[keep], loaded.normals[keep]
         meta = {"source_points": len(loaded.points)}
     if settings.renders:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pretext3d import __version__
+from pretext3d._version import __version__
 from pretext3d.eval.features import Features
 from pretext3d.utils.io import atomic_path, file_digest
 

@@ -50,6 +50,7 @@ __all__ = [
     "image_encoder_alone",
     "load_run_encoders",
     "embed_store",
+    "encode_batch",
     "view_subset",
     "pool_views",
     "check_pool",
@@ -209,7 +210,7 @@ def _check_store(root: Path, modalities: Sequence[str]) -> None:
                                   "modality needs a store prepared from meshes")
 
 
-def _encode_batch(encoders: ModalityEncoders, modality: str, batch: dict[str, Tensor], device: torch.device) -> Tensor:
+def encode_batch(encoders: ModalityEncoders, modality: str, batch: dict[str, Tensor], device: torch.device) -> Tensor:
     """One batch -> (B, D) for points and meshes, (B, V, D) for images (every view of the batch)."""
     module = encoders.modules[modality]
     if modality == "points":
@@ -256,7 +257,7 @@ def calibrate_encoders(encoders: ModalityEncoders, root: str | Path, modalities:
             if len(batch["label"]) < 2:  # a head's BatchNorm over one vector per object has no statistics
                 continue
             for m in modalities:
-                _encode_batch(encoders, m, batch, device)
+                encode_batch(encoders, m, batch, device)
             used += len(batch["label"])
     if used == 0:
         raise ValueError(f"{root}: BatchNorm calibration needs batches of at least 2 training objects; the train split "
@@ -339,7 +340,7 @@ def embed_store(encoders: ModalityEncoders, root: str | Path, split: str, modali
                                   unit="batch", enabled=progress):
             start = time.perf_counter()
             for m in todo:
-                parts[m].append(_encode_batch(encoders, m, batch, device).float().cpu().numpy())
+                parts[m].append(encode_batch(encoders, m, batch, device).float().cpu().numpy())
             seconds += time.perf_counter() - start
         for m in todo:
             features[m] = np.concatenate(parts[m])

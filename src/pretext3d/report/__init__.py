@@ -1,15 +1,19 @@
 """``pretext3d report RUN_DIR``: one self-contained HTML page about a pretrained run.
 
-The page holds: the run (method, backbone, steps, time), the result tables of every evaluation
-JSON found in the run folder (``RUN/*.json``, ``RUN/eval/*.json`` with a "protocol") or given,
-each with its protocol settings; the training curves (metrics.jsonl); a t-SNE of the backbone's
-test-split features coloured by class; retrieval grids (queries and their top-k, rendered); for
+The page holds: the run (method, backbone, steps, time), a headline table of every evaluation
+beside its random-init floor with the gain (``report.compare``), the result tables of every
+evaluation JSON found in the run folder (``RUN/*.json``, ``RUN/eval/*.json`` with a "protocol")
+or given, each with its protocol settings; the training curves (metrics.jsonl); a t-SNE of the
+backbone's test-split features coloured by class; retrieval grids (queries and their top-k,
+rendered), and for a method with a space shared by points and images a cross-modal grid (point
+queries, the rendered views they find: ``report.crossmodal``); for
 ParAE, the fitted Gaussians as ellipsoids over the points; for Pic@Point, heatmaps of one point's
 similarity to the regions of a rendered view (``report.picpoint``). Pictures are embedded (base64)
 and also written as PNGs next to the page, with ``report.json``: everything the page shows.
 The page checks itself on load: ``<body data-images="loaded/total" data-errors="n">``.
 Everything about the run (its recipe, training record, method and backbone) is read through
-``pretext3d.runs``.
+``pretext3d.runs``. The figures show the run's own data (its store or dataset; the built-in
+shapes it trained on) unless ``--data`` says otherwise, and the page says which.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from pretext3d.report.compare import comparison_rows
 from pretext3d.report.figures import embedded_image
 from pretext3d.runs import evaluation_files, read_run, recipe_tasks
 from pretext3d.utils.io import atomic_write_json, atomic_write_text
@@ -34,7 +39,7 @@ __all__ = ["ReportConfig", "make_report", "find_evaluations"]
 class ReportConfig:
     run: str
     out: str
-    data: str | None = None  # dataset for t-SNE and retrieval; default: the run's data when readable, else builtin
+    data: str | None = None  # dataset or store for t-SNE and retrieval; default: the run's own training data
     evaluations: list[str] = field(default_factory=list)
     num_points: int = 1024
     tsne_objects: int = 1500
@@ -129,11 +134,22 @@ _SETTING_KEYS = ("dataset", "backbone", "weights", "num_points", "sampling", "fe
                  "bn_calibration", "support_split", "query_split", "queries_per_class", "episode_sampling", "gallery",
                  "metric", "validation", "label_fractions", "augmentation", "train_size", "test_size", "val_size",
                  "space", "views", "image_size", "pool", "view_choice", "classifier", "pairs", "threshold_fit",
-                 "test_area", "features", "voting", "selection", "data_selection")
+                 "test_area", "features", "voting", "selection", "data_selection", "queries")
+
+
+def _text(value: Any) -> str:
+    """A setting as words: mappings as "key: value; ...", lists joined by commas."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_text(v)}" for k, v in value.items() if v not in (None, "", [], {}))
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_text(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _settings(report: dict) -> list[tuple[str, str]]:
-    rows = [(k, str(report[k])) for k in _SETTING_KEYS if report.get(k) not in (None, "", [])]
+    rows = [(k.replace("_", " "), _text(report[k])) for k in _SETTING_KEYS if report.get(k) not in (None, "", [])]
     preset = report.get("preset")
     if preset:  # a published protocol's settings, and what of that code is not reproduced
         settings = ", ".join(f"{k}={v}" for k, v in preset["settings"].items())
@@ -145,20 +161,30 @@ def _settings(report: dict) -> list[tuple[str, str]]:
 # --- figures from the backbone ----------------------------------------------------------------
 
 
-def _report_data(cfg: ReportConfig, recipe: dict | None) -> str:
-    if cfg.data:
-        return cfg.data
+def _report_data(cfg: ReportConfig, run: Path, recipe: dict | None) -> tuple[str, str]:
+    """(the data the figures show, what it is in words): ``--data``; else the run's own training
+    data (its store or dataset; for the built-in shapes the store prepared in the run folder, or
+    the same built-in split); the built-in shapes when the run's data cannot be read here."""
+    from pretext3d.data.builtin import builtin_spec
+    from pretext3d.data.datasets import point_format
     from pretext3d.data.errors import DataFormatError
-    from pretext3d.data.readers import detect_format
+    from pretext3d.runs import training_store
 
+    if cfg.data:
+        return cfg.data, f"{cfg.data} (given with --data)"
     candidate = (recipe or {}).get("data")
     if candidate:
         try:
-            detect_format(candidate)
-            return str(candidate)
-        except DataFormatError:  # a prepared store or a missing file: fall back to the built-in shapes
-            pass
-    return "builtin:seed=0,train=20,test=10"
+            return str(candidate), f"{candidate}, the run's training data ({point_format(candidate)})"
+        except DataFormatError as err:
+            fallback = builtin_spec()
+            return fallback, (f"the built-in shapes ({fallback}): the run's training data cannot be read here ({err})")
+    store = training_store(run, recipe or {})
+    if (store / "store.json").is_file() and (store / "index.json").is_file():
+        return str(store), f"{store}, the built-in shapes the run trained on, prepared with their rendered views"
+    options = ((recipe or {}).get("data_options") or {}).get("builtin") or {}
+    spec = builtin_spec(int(options.get("seed", 0)), int(options.get("train", 40)), int(options.get("test", 10)))
+    return spec, f"{spec}, the built-in shapes the run trained on"
 
 
 def _test_features(cfg: ReportConfig, data: str):
@@ -201,7 +227,7 @@ def _retrieval_grid(split_features, cfg: ReportConfig, folder: Path) -> dict:
         renders.append([render_cloud(c, up) for c in clouds])
         marks.append([bool(test.labels[i] == test.labels[q]) for i in ranked])
         names = [dataset.classes[int(test.labels[i])] for i in rows_ids]
-        captions.append(names)
+        captions.append([names[0], *[("+ " if same else "- ") + name for same, name in zip(marks[-1], names[1:])]])
         rows.append({"query": dataset.names[int(test.indices[q])], "class": names[0],
                      "retrieved": [dataset.names[int(test.indices[i])] for i in ranked], "retrieved_classes": names[1:],
                      "cosine_distance": [float(dist[i]) for i in ranked]})
@@ -240,6 +266,20 @@ def _parae_figure(split_features, cfg: ReportConfig, folder: Path, count: int = 
     return {"figure": path.name, "clouds": titles, "shown": "Gaussians with pi_j > 1/(2J), 1-sigma ellipsoids"}
 
 
+def _crossmodal(cfg: ReportConfig, run: Path, recipe: dict | None, data: str, folder: Path, device: Any,
+                log: Callable[[str], None]) -> dict | None:
+    """The cross-modal grid when the run has a space shared by points and images and the data
+    shown is a prepared store (its rendered views); None otherwise."""
+    from pretext3d.data.datasets import is_store
+    from pretext3d.report.crossmodal import crossmodal_grid, has_shared_image_space
+
+    if not is_store(data) or not has_shared_image_space(run):
+        return None
+    log("[report] cross-modal retrieval grid")
+    return crossmodal_grid(run, recipe, Path(data), folder, cfg.queries, cfg.top_k, cfg.seed, device, cfg.cache_dir,
+                           cfg.progress)
+
+
 def _is_parae(recipe: dict | None) -> bool:
     return "parae" in recipe_tasks(recipe)
 
@@ -253,6 +293,7 @@ table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .92em; }
 td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; } .settings td { color: #555; font-size: .9em; max-width: 900px; }
 img { max-width: 100%; border: 1px solid #eee; } .note { color: #666; font-size: .9em; }
+td.up { color: #0072B2; font-weight: 600; } td.down { color: #D55E00; font-weight: 600; }
 """
 
 _SELF_CHECK = """
@@ -265,6 +306,21 @@ window.addEventListener('load', function () {
   document.body.setAttribute('data-errors', String(window.__reportErrors.length));
 });
 """
+
+
+def _comparison_table(rows: list[dict[str, Any]]) -> str:
+    """The headline: protocol, measure, run, floor, gain (percentage points)."""
+    head = "".join(f"<th>{name}</th>" for name in ("protocol", "measure", "this run", "random-init floor", "gain"))
+    body = []
+    for row in rows:
+        gain = "" if row["gain"] is None else f"{100 * row['gain']:+.2f}"
+        css = "" if row["gain"] is None else (' class="up"' if row["gain"] > 0 else ' class="down"')
+        body.append(f"<tr><td>{html.escape(row['protocol'])}</td><td>{html.escape(row['measure'])}</td>"
+                    f"<td>{_pct(row['value'])}</td><td>{_pct(row['floor']) or 'no floor report'}</td>"
+                    f"<td{css}>{gain}</td></tr>")
+    note = ('<p class="note">Gains in percentage points. A floor is an evaluation of the same protocol and settings with '
+            "random weights of the run's architecture (<code>--random-init --like RUN</code>), kept in the run folder.</p>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>{note}"
 
 
 def _table(rows: Sequence[tuple[str, str]], header: tuple[str, str] | None = None, css: str = "") -> str:
@@ -293,14 +349,20 @@ def make_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[s
     evaluations = find_evaluations(run, cfg.evaluations)
     summary = config.get("summary", {})
     paper = bool((recipe or {}).get("paper_setting"))
+    seconds = summary.get("total_seconds", summary.get("seconds", 0)) or 0
     run_rows = [("run", str(run)), ("method", str((recipe or {}).get("method", "?"))),
                 ("paper's setting", "yes (a paper recipe run as the paper specifies)" if paper else
                  "no: a reduction or a variant of the paper's setting (see `pretext3d recipes show`)"),
-                ("backbone", f"{config.get('backbone')} {json.dumps(config.get('backbone_config'))}"),
-                ("steps", str(summary.get("steps", ""))), ("training time", f"{summary.get('seconds', 0):.0f} s"),
-                ("final loss parts", json.dumps(summary.get("final", {})))]
+                ("backbone", f"{config.get('backbone')} ({_text(config.get('backbone_config') or {})})"),
+                ("steps", str(summary.get("steps", ""))), ("training time", f"{seconds:.0f} s"
+                 + (f" in {len(summary['segments'])} segments" if len(summary.get("segments") or []) > 1 else "")),
+                ("final loss parts", _text({k: round(v, 4) for k, v in (summary.get("final") or {}).items()}))]
     sections = [("Run", _table(run_rows))]
     record: dict[str, Any] = {"run": str(run), "recipe": recipe, "summary": summary, "evaluations": [], "figures": {}}
+    comparison = comparison_rows([(str(path.name), report) for path, report in evaluations])
+    if comparison:
+        sections.append(("Results against the random-init floor", _comparison_table(comparison)))
+    record["comparison"] = comparison
     for path, report in evaluations:
         headline = _headline(report)
         content = _table(headline, ("measure", "value")) + _table(_settings(report), css="settings")
@@ -315,8 +377,9 @@ def make_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[s
     if curves:
         sections.append(("Training curves", embedded_image(folder, curves.name, "training curves")))
         record["figures"]["training_curves"] = curves.name
-    data = _report_data(cfg, recipe)
-    log(f"[report] embedding the test split of {data}")
+    data, data_text = _report_data(cfg, run, recipe)
+    sections.insert(1, ("Data shown", f"<p>The figures below show the test split of {html.escape(data_text)}.</p>"))
+    log(f"[report] embedding the test split of {data_text}")
     split_features = _test_features(cfg, data)
     test = split_features.test
     classes = split_features.splits["test"].classes
@@ -328,9 +391,18 @@ def make_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[s
     log("[report] retrieval grid")
     grid = _retrieval_grid(split_features, cfg, folder)
     sections.append(("Retrieval", embedded_image(folder, grid["figure"], "retrieval grid")
-                     + f'<p class="note">Each row: a test query (blue) and its {cfg.top_k} nearest other test objects by '
-                     "cosine distance of the global features; green = same class, red = other class.</p>"))
+                     + f'<p class="note">Each row: a test query (black frame) and its {cfg.top_k} nearest other test objects '
+                     'by cosine distance of the global features; blue frame and "+" = same class, orange frame and "-" = '
+                     "other class.</p>"))
     record["figures"]["retrieval"] = grid
+    crossmodal = _crossmodal(cfg, run, recipe, data, folder, split_features.device, log)
+    if crossmodal:
+        sections.append(("Cross-modal retrieval: point clouds find rendered views",
+                         embedded_image(folder, crossmodal["figure"], "cross-modal retrieval grid")
+                         + f'<p class="note">Each row: a test point cloud (black frame) and the rendered views of its '
+                         f"{cfg.top_k} nearest test objects in the run's shared space (cosine distance; views mean-pooled); "
+                         'blue frame and "+" = same class, orange frame and "-" = other class.</p>'))
+        record["figures"]["crossmodal"] = crossmodal
     if _is_parae(recipe):
         log("[report] ParAE Gaussians")
         gauss = _parae_figure(split_features, cfg, folder)

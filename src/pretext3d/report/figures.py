@@ -1,5 +1,9 @@
 """The report's pictures, each written as a PNG (atomically): training curves, a t-SNE of
-features coloured by class, retrieval grids of rendered clouds, ParAE's Gaussians as ellipsoids."""
+features coloured by class, retrieval grids of rendered clouds, ParAE's Gaussians as ellipsoids.
+
+Colours come from the Okabe-Ito palette, which readers with the common colour-vision
+deficiencies can tell apart; classes beyond its 8 colours also differ in marker shape, and the
+retrieval grids mark same-class results with "+" as well as by colour."""
 
 from __future__ import annotations
 
@@ -10,7 +14,12 @@ import numpy as np
 
 from pretext3d.utils.io import atomic_path
 
-__all__ = ["training_curves", "tsne_figure", "retrieval_grid", "gaussians_figure", "render_cloud"]
+__all__ = ["OKABE_ITO", "training_curves", "tsne_figure", "retrieval_grid", "gaussians_figure", "render_cloud"]
+
+# Okabe & Ito's colour-blind-safe palette: orange, sky blue, bluish green, yellow, blue,
+# vermillion, reddish purple, black
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _figure(width: float, height: float):
@@ -47,7 +56,8 @@ def training_curves(rows: Sequence[dict], path: Path) -> Path | None:
     plt, fig = _figure(4.2 * columns, 2.8 * lines)
     for i, (name, (steps, values)) in enumerate(sorted(series.items())):
         ax = fig.add_subplot(lines, columns, i + 1)
-        ax.plot(steps, values, color="tab:blue" if not name.startswith("val_") else "tab:orange", marker="." if len(steps) < 30 else None)
+        ax.plot(steps, values, color=OKABE_ITO[4] if not name.startswith("val_") else OKABE_ITO[0],
+                marker="." if len(steps) < 30 else None)
         ax.set_title(name)
         ax.set_xlabel("step")
         if name == "lr":
@@ -70,15 +80,15 @@ def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float = 30.0
 
 
 def tsne_figure(embedding: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
-    """A scatter of (S, 2) points coloured by class, with a legend of class names."""
+    """A scatter of (S, 2) points, one colour and marker per class (Okabe-Ito colours; class i
+    gets colour i mod 8 and marker i // 8), with a legend of class names."""
     plt, fig = _figure(8.5, 7.0)
     ax = fig.add_subplot(1, 1, 1)
-    cmap = plt.get_cmap("tab20" if len(classes) <= 20 else "gist_ncar")
     present = np.unique(labels)
     for i, c in enumerate(present):
         pick = labels == c
-        ax.scatter(embedding[pick, 0], embedding[pick, 1], s=6, color=cmap(i / max(1, len(present) - 1)) if len(present) > 20
-                   else cmap(i % 20), label=classes[c])
+        ax.scatter(embedding[pick, 0], embedding[pick, 1], s=10, color=OKABE_ITO[i % len(OKABE_ITO)],
+                   marker=_MARKERS[(i // len(OKABE_ITO)) % len(_MARKERS)], label=classes[c])
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -100,7 +110,8 @@ def render_cloud(points: np.ndarray, up_axis: str = "y", size: int = 96) -> np.n
 def retrieval_grid(renders: Sequence[Sequence[np.ndarray]], relevant: Sequence[Sequence[bool]],
                    captions: Sequence[Sequence[str]], path: Path) -> Path:
     """Rows of [query, top-1, ..., top-k] renders (each (H, W, 3) uint8): the query framed in
-    blue, retrieved items framed green (same class) or red; a caption under every tile."""
+    black, retrieved items framed blue (same class) or orange (Okabe-Ito); a caption under every
+    tile (callers prefix "+" / "-" so that the class match does not rest on colour alone)."""
     from PIL import Image, ImageDraw
 
     height, width = renders[0][0].shape[:2]
@@ -112,7 +123,7 @@ def retrieval_grid(renders: Sequence[Sequence[np.ndarray]], relevant: Sequence[S
     for row, (images, marks, names) in enumerate(zip(renders, relevant, captions)):
         for col, (image, name) in enumerate(zip(images, names)):
             x, y = col * tile_w, row * tile_h
-            frame = (40, 90, 220) if col == 0 else ((30, 160, 60) if marks[col - 1] else (210, 40, 40))
+            frame = (0, 0, 0) if col == 0 else ((0, 114, 178) if marks[col - 1] else (230, 159, 0))
             draw.rectangle([x, y, x + tile_w - 1, y + height + 2 * pad - 1], fill=frame)
             sheet.paste(Image.fromarray(image), (x + pad, y + pad))
             draw.text((x + pad, y + height + 2 * pad), name[: max(4, tile_w // 6)], fill=(20, 20, 20))
