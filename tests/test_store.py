@@ -274,8 +274,8 @@ def test_cli_prepare_verify_render(tmp_path, capsys):
                  "--faces", "64", "--limit", "4", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "4 done" in text and "views/s" in text
-    assert main(["verify", str(out), "--quiet"]) == 0
-    assert capsys.readouterr().out.strip().endswith("OK so far (incomplete)")  # --limit 4 of 28
+    assert main(["verify", str(out), "--quiet"]) == 3  # sound but incomplete: --limit 4 of 28
+    assert "INCOMPLETE: sound so far, 24 object(s) not prepared yet" in capsys.readouterr().out
     sheet = tmp_path / "sheet.png"
     assert main(["render", str(out), "--out", str(sheet), "--objects", "2"]) == 0
     from PIL import Image

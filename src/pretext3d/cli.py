@@ -90,7 +90,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", type=_method_list, default=["parae", "crosspoint"], metavar="M[,M]",
                    help=f"pretext tasks to pretrain with, comma-separated (their *_cpu recipes; default both): "
                    f"{', '.join(DEMO_METHODS)}")
-    p.add_argument("--steps", type=_at_least(1), default=120, help="pretraining steps per method (default 120)")
+    p.add_argument("--steps", type=_at_least(1), default=100, help="pretraining steps per method (default 100)")
     p.add_argument("--train", type=_at_least(2), default=40, help="built-in objects per class for training")
     p.add_argument("--test", type=_at_least(1), default=10, help="built-in objects per class for testing")
     p.add_argument("--points", type=_at_least(1), default=256, help="points per cloud (default 256)")

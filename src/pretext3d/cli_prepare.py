@@ -90,7 +90,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def add_verify(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check a prepared store's files and index")
+    p = sub.add_parser("verify", help="check a prepared store's files and index",
+                       description="Check every object file and index.json of a prepared store. Exit status: 0 complete "
+                       "and sound; 3 sound but incomplete (objects not prepared yet, e.g. shards still running); 1 "
+                       "damaged files or a stale index.")
     p.add_argument("store")
     p.add_argument("--reindex", action="store_true", help="rewrite a stale index.json from the files present")
     p.add_argument("--quiet", action="store_true")
@@ -111,8 +114,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if report["temporary_files"]:
         print(f"  {len(report['temporary_files'])} temporary file(s) of interrupted writes (safe to delete)")
     ok = not report["problems"] and not report["index_stale"]
-    print("OK" if ok and counts["missing"] == 0 else ("OK so far (incomplete)" if ok else "FAILED"))
-    return 0 if ok else 1
+    if not ok:
+        print("FAILED")
+        return 1
+    if counts["missing"]:
+        print(f"INCOMPLETE: sound so far, {counts['missing']} object(s) not prepared yet (exit status 3); "
+              "`pretext3d prepare` with the same settings finishes it")
+        return 3
+    print("OK")
+    return 0
 
 
 def add_render(sub: argparse._SubParsersAction) -> None:

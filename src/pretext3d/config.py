@@ -409,13 +409,13 @@ def _options_as(cls: type, options: dict[str, Any]) -> Any:
         raise RecipeError(f"data_options: {err}") from None
 
 
-def _builtin_store(spec: str, options: dict[str, Any], root: Path, log) -> Path:
+def _builtin_store(spec: str, options: dict[str, Any], root: Path, log, progress: bool = True) -> Path:
     from pretext3d.data.prepare import prepare
     from pretext3d.data.store import StoreSettings
 
     settings = StoreSettings(points=options["points"], **options["builtin_store"])
     log(f"preparing the built-in shapes ({spec}) with images into {root}")
-    summary = prepare(spec, root, settings, workers=1, progress=False)
+    summary = prepare(spec, root, settings, workers=1, progress=progress)
     if summary.failed:
         raise RecipeError(f"{root}: {len(summary.failed)} built-in objects failed to prepare")
     return root

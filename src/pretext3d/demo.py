@@ -46,7 +46,7 @@ DEMO_PROTOCOLS: dict[str, tuple[str, str]] = {
 class DemoConfig:
     out: str = "demo_out"  # one run folder per method, with its evaluations and report (a finished run is reused)
     methods: list[str] = field(default_factory=lambda: ["parae", "crosspoint"])
-    steps: int = 120  # pretraining steps per method
+    steps: int = 100  # pretraining steps per method
     train: int = 40  # built-in objects per class for training
     test: int = 10  # built-in objects per class for testing
     points: int = 256  # points per cloud, in training and evaluation
