@@ -11,6 +11,7 @@ parts of class c and ``part_offset(c)`` is the id of its first part.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from pathlib import Path
@@ -436,6 +437,20 @@ def builtin_splits(num_points: int = 1024, seed: int = 0, train: int = 40, test:
     """The built-in dataset as point clouds: ``train``/``test`` objects per class, each sampled
     area-weighted + FPS with normals and per-point part labels, normalised to the unit sphere."""
     splits: dict[str, ArrayPointClouds] = {}
+    for split, (points, labels, names, parts) in _builtin_arrays(num_points, seed, train, test).items():
+        # copies: the arrays are kept for the next call (a protocol may change its own in place)
+        splits[split] = ArrayPointClouds(points.copy(), labels.copy(), CLASSES, list(names), split,
+                                         f"builtin(seed={seed})", num_points, up_axis="z", point_labels=parts.copy())
+    return splits
+
+
+@functools.lru_cache(maxsize=4)
+def _builtin_arrays(num_points: int, seed: int, train: int, test: int
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[str, ...], np.ndarray]]:
+    """split -> (points (S, N, 6), labels (S,), names, part labels (S, N)), sampled once per
+    process: sampling the 700 meshes of the default split takes seconds, and the demo's
+    protocols and reports read the same split a dozen times."""
+    arrays = {}
     meshes = builtin_meshes(seed, train + test)
     for split, keep in (("train", range(train)), ("test", range(train, train + test))):
         chosen = [(m, lab, name) for m, lab, name in meshes if int(name.rsplit("_", 1)[1]) in keep]
@@ -446,11 +461,9 @@ def builtin_splits(num_points: int = 1024, seed: int = 0, train: int = 40, test:
             parts.append(mesh.face_labels[face])
         points = np.stack(clouds).astype(np.float32) if clouds else np.zeros((0, num_points, 6), np.float32)
         labels = np.array([lab for _, lab, _ in chosen], dtype=np.int64)
-        splits[split] = ArrayPointClouds(
-            points, labels, CLASSES, [name for _, _, name in chosen], split, f"builtin(seed={seed})",
-            num_points, up_axis="z", point_labels=np.stack(parts) if parts else np.zeros((0, num_points), np.int64),
-        )
-    return splits
+        part_labels = np.stack(parts) if parts else np.zeros((0, num_points), np.int64)
+        arrays[split] = (points, labels, tuple(name for _, _, name in chosen), part_labels)
+    return arrays
 
 
 def parse_builtin_spec(spec: str, seed: int = 0) -> dict[str, int]:
