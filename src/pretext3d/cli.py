@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--threads", type=_threads, metavar="N|auto",
                         help="threads of the math libraries (default: torch's, one per core; demo: auto): auto takes the "
-                        "cores the rest of the machine leaves free (1-minute load average); may also follow the command")
+                        "cores the rest of the machine leaves free (measured over half a second); may also follow the "
+                        "command")
     sub = parser.add_subparsers(dest="command", required=True)
     add_evaluate(sub)
     add_pretrain(sub)

@@ -5,8 +5,8 @@ same three protocols on frozen features, print a table with the gains and write 
 report page.
 
 The protocols, and why these: on the built-in shapes a linear SVM that sees every label is
-saturated (random features already score about 98%), so it cannot show what pretraining adds.
-Where labels are scarce and where the feature geometry itself is used, it shows:
+near its ceiling (random features already score about 96%), so it shows little of what
+pretraining adds. Where labels are scarce and where the feature geometry itself is used, it shows:
 
 * linear SVM, every training label (the field's standard protocol; near its ceiling here);
 * few-shot, 14-way 1-shot: a linear SVM (C = 1) on one labelled object per class, scored on

@@ -314,7 +314,7 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
     body = []
     for row in rows:
         gain = "" if row["gain"] is None else f"{100 * row['gain']:+.2f}"
-        css = "" if row["gain"] is None else (' class="up"' if row["gain"] > 0 else ' class="down"')
+        css = "" if not row["gain"] else (' class="up"' if row["gain"] > 0 else ' class="down"')
         body.append(f"<tr><td>{html.escape(row['protocol'])}</td><td>{html.escape(row['measure'])}</td>"
                     f"<td>{_pct(row['value'])}</td><td>{_pct(row['floor']) or 'no floor report'}</td>"
                     f"<td{css}>{gain}</td></tr>")
