@@ -1,5 +1,5 @@
 """The package's rooms and doors, held by a test: no import cycles between files, and the
-layering rules of the README's layout section.
+layering rules of docs/layout.md.
 
 Every import statement of every file counts, wherever it stands (module level, inside a
 function, under ``TYPE_CHECKING``): a lazy import is still a dependency. ``from pkg import name``
@@ -104,7 +104,7 @@ def _in(module: str, rooms: tuple[str, ...]) -> bool:
 CLI = ("cli", "cli_evaluate", "cli_options", "cli_prepare", "cli_pretrain", "cli_recipes")
 RECIPES = ("config", "pretraining")
 ABOVE_GROUND = ("data", "pretext", "engine", "eval", "report", "runs", "search", *RECIPES, *CLI)
-# room -> the rooms it must not import (see README, "Layout")
+# room -> the rooms it must not import (see docs/layout.md)
 FORBIDDEN: dict[tuple[str, ...], tuple[str, ...]] = {
     ("geometry", "models", "utils"): ABOVE_GROUND,
     ("data",): ("models", "pretext", "engine", "eval", "report", "runs", "search", *RECIPES, *CLI),

@@ -215,7 +215,7 @@ def skipped_items(results: list[SplitFeatures]) -> list[str]:
 
 
 def run_linear_svm(cfg: LinearSVMConfig, log=print) -> dict[str, Any]:
-    """Run the linear-SVM protocol for every seed and return the report (see README)."""
+    """Run the linear-SVM protocol for every seed and return the report (docs/protocols.md describes it)."""
     cfg = prepare_feature_config(cfg)
     per_seed, extracted = [], []
     for sf in iter_split_features(cfg):
