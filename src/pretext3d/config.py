@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import math
 import re
 from pathlib import Path
@@ -37,6 +36,7 @@ from pretext3d.engine.trainer import OptimConfig, ScheduleConfig, TrainConfig
 from pretext3d.pretext import METHODS, MethodSettingsError, method_class
 from pretext3d.pretext import build_method as build_registered_method
 from pretext3d.shipped import RECIPES_DIR, shipped_recipes
+from pretext3d.utils.names import closest_hint
 
 __all__ = ["RecipeError", "load_recipe", "shipped_recipes", "RECIPES_DIR", "apply_overrides", "build_method", "build_dataset",
            "train_config", "DEFAULT_DATA_OPTIONS", "data_needs", "BUILTIN_STORE", "check_paper_setting"]
@@ -194,9 +194,7 @@ def _set(recipe: dict[str, Any], parts: list[str], value: Any, key: str, merge: 
 
 def _unknown_key(key: str, name: str, known: Any, where: str) -> RecipeError:
     """The error for an unknown recipe key, with the closest known name and the known ones."""
-    close = difflib.get_close_matches(name, list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return RecipeError(f"unknown recipe key {key}{hint}; known{where}: {', '.join(known)}")
+    return RecipeError(f"unknown recipe key {key}{closest_hint(name, known)}; known{where}: {', '.join(known)}")
 
 
 def _integer(value: Any) -> bool:

@@ -29,15 +29,16 @@ from pretext3d.eval.fewshot import FewShotConfig, run_fewshot
 from pretext3d.eval.protocols import LinearSVMConfig, run_linear_svm
 from pretext3d.eval.retrieval import RetrievalConfig, run_retrieval
 from pretext3d.pretraining import pretrain
+from pretext3d.report.compare import main_scores
 from pretext3d.shipped import DEMO_METHODS
 from pretext3d.utils.io import atomic_write_json
 
 __all__ = ["DEMO_METHODS", "DemoConfig", "DEMO_PROTOCOLS", "run_demo", "format_demo"]
 
-# protocol -> (the table's column, what its score is)
+# protocol -> (the table's column, the report's main number shown: ``report.compare.main_scores``)
 DEMO_PROTOCOLS: dict[str, tuple[str, str]] = {
     "linear_svm": ("linear SVM, all labels", "accuracy"),
-    "fewshot": ("few-shot 14-way 1-shot", "accuracy"),
+    "fewshot": ("few-shot 14-way 1-shot", "14-way 1-shot"),
     "retrieval": ("retrieval", "mAP"),
 }
 
@@ -110,15 +111,8 @@ def _evaluate(cfg: DemoConfig, run: Path, random_init: bool, log: Callable[[str]
     suffix = "_random_init" if random_init else ""
     for protocol, report in reports.items():
         atomic_write_json(run / "eval" / f"{protocol}{suffix}.json", report)
-    return {protocol: {"score": _score(protocol, report), "report": report} for protocol, report in reports.items()}
-
-
-def _score(protocol: str, report: dict) -> float:
-    if protocol == "linear_svm":
-        return float(report["accuracy"])
-    if protocol == "fewshot":
-        return float(next(iter(report["results"].values()))["accuracy"])
-    return float(report["results"]["mAP"]["mean"])
+    return {protocol: {"score": float(main_scores(report)[DEMO_PROTOCOLS[protocol][1]]), "report": report}
+            for protocol, report in reports.items()}
 
 
 def _report(cfg: DemoConfig, run: Path, log: Callable[[str], None]) -> None:

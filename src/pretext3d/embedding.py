@@ -34,11 +34,10 @@ import torch
 
 from pretext3d.data.meshes import Mesh, load_mesh, normalize_mesh
 from pretext3d.data.meshnet import mesh_face_features
-from pretext3d.data.multimodal import IMAGENET_MEAN, IMAGENET_STD
+from pretext3d.data.multimodal import normalize_pixels
 from pretext3d.data.splits import resample_indices
-from pretext3d.data.store import fps_indices, read_store_settings
+from pretext3d.data.store import fps_indices, read_store_settings, surface_points
 from pretext3d.eval.modalities import ModalityEncoders, encode_batch, method_encoders
-from pretext3d.geometry.sampling import mesh_to_points
 from pretext3d.geometry.transforms import normalize_unit_sphere
 from pretext3d.runs import open_method, training_store
 from pretext3d.utils.device import resolve_device
@@ -48,13 +47,6 @@ __all__ = ["Embedder", "embed", "surface_points"]
 # a cloud whose farthest point from its centroid lies outside this range is not in the unit
 # sphere the runs train on (normalize=False then warns)
 _UNIT_RADIUS = (0.5, 1.5)
-
-
-def surface_points(mesh: Mesh, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(points (count, 3), normals (count, 3)) of a normalised mesh's surface, sampled as
-    ``prepare`` samples it (4 x count area-weighted samples reduced by farthest point sampling)."""
-    points, normals, _ = mesh_to_points(mesh.vertices, mesh.faces, count, 4, seed)
-    return points.astype(np.float32), normals.astype(np.float32)
 
 
 class Embedder:
@@ -142,10 +134,7 @@ class Embedder:
         picture = _pil_image(image).convert("L" if self.grayscale else "RGB")
         resized = picture.resize((self.image_size, self.image_size), Image.BILINEAR)
         pixels = np.asarray(resized, np.float32) / 255
-        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-        mean = np.asarray([np.mean(IMAGENET_MEAN)] if self.grayscale else IMAGENET_MEAN, np.float32)
-        std = np.asarray([np.mean(IMAGENET_STD)] if self.grayscale else IMAGENET_STD, np.float32)
-        return torch.from_numpy((pixels - mean[:, None, None]) / std[:, None, None])
+        return torch.from_numpy(normalize_pixels(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)))
 
     # --- meshes ---------------------------------------------------------------------------------
 
@@ -157,8 +146,9 @@ class Embedder:
                                                      else [meshes])]
         normalized = [normalize_mesh(mesh.validate(origin))[0] for mesh, origin in listed]
         if "mesh" not in self.encoders.modules:
-            samples = [surface_points(mesh, self.num_points) for mesh in normalized]
-            return self._encode("points", [{"points": p, "normals": n} for p, n in samples])
+            samples = [surface_points(mesh, self.num_points, 0) for mesh in normalized]
+            return self._encode("points", [{"points": p.astype(np.float32), "normals": n.astype(np.float32)}
+                                           for p, n in samples])
         items = []
         for mesh, (_, origin) in zip(normalized, listed):
             faces = mesh_face_features(mesh, self.faces, 0, origin)

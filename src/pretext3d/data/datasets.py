@@ -27,7 +27,8 @@ STORE = "store"
 def is_store(path: str | Path) -> bool:
     """Whether ``path`` is a prepared store (a folder with store.json)."""
     text = str(path)
-    return not text.startswith("builtin") and (Path(text) / "store.json").is_file()
+    builtin = text == "builtin" or text.startswith("builtin:")  # the readers' spelling of the built-in data
+    return not builtin and (Path(text) / "store.json").is_file()
 
 
 def point_format(path: str | Path) -> str:

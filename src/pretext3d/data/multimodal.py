@@ -30,6 +30,7 @@ __all__ = [
     "AugmentedClouds",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "normalize_pixels",
     "ImageAugment",
     "MultimodalDataset",
     "PointAugment",
@@ -180,6 +181,15 @@ def crop_flip_ndc(box: tuple[float, float, float, float], height: int, width: in
     return m
 
 
+def normalize_pixels(pixels: np.ndarray) -> np.ndarray:
+    """pixels (..., C, S, S) in [0, 1] -> ImageNet-normalised: (x - mean_c) / std_c for RGB
+    (C = 3); grey images (C = 1) use the means of the three channels' mean and std."""
+    channels = pixels.shape[-3]
+    mean = np.asarray(IMAGENET_MEAN if channels == 3 else [np.mean(IMAGENET_MEAN)], dtype=pixels.dtype)
+    std = np.asarray(IMAGENET_STD if channels == 3 else [np.mean(IMAGENET_STD)], dtype=pixels.dtype)
+    return (pixels - mean[:, None, None]) / std[:, None, None]
+
+
 def _colour_jitter(image: np.ndarray, rng: np.random.Generator, augment: ImageAugment) -> np.ndarray:
     """image: (H, W, 3) float in [0, 1]."""
     grey_weights = np.array(LUMA)
@@ -310,10 +320,7 @@ class MultimodalDataset(Dataset):
             projections.append(crop_flip_ndc(box, height, width, flip) @ arrays["proj"][v])
         pixels = np.stack(out_images).transpose(0, 3, 1, 2)  # (k, C, S, S)
         if self.normalize:
-            channels = pixels.shape[1]
-            mean = np.asarray(IMAGENET_MEAN[:channels] if channels == 3 else [np.mean(IMAGENET_MEAN)])
-            std = np.asarray(IMAGENET_STD[:channels] if channels == 3 else [np.mean(IMAGENET_STD)])
-            pixels = (pixels - mean[:, None, None]) / std[:, None, None]
+            pixels = normalize_pixels(pixels)
         views = arrays["view"][chosen].astype(np.float64) @ np.linalg.inv(affine)
         return {
             "images": torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)),

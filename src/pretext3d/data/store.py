@@ -37,7 +37,7 @@ from urllib.parse import quote
 import numpy as np
 
 from pretext3d.data.errors import DataFormatError
-from pretext3d.data.meshes import normalize_mesh
+from pretext3d.data.meshes import Mesh, normalize_mesh
 from pretext3d.data.meshnet import mesh_face_features
 from pretext3d.data.pointclouds import item_seed, select_points
 from pretext3d.data.sources import LoadedObject, Source, SourceObject
@@ -59,6 +59,7 @@ __all__ = [
     "decode_images",
     "encode_images",
     "fps_indices",
+    "surface_points",
     "object_path",
     "prepare_object",
     "read_object",
@@ -196,6 +197,13 @@ def fps_indices(cloud: np.ndarray, count: int, seed: int) -> np.ndarray:
     return select_points(tagged, count, "fps", seed)[:, 3].astype(np.int64)
 
 
+def surface_points(mesh: Mesh, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(points (count, 3), normals (count, 3)) of a normalised mesh's surface as a store holds
+    them: 4 x count area-weighted samples reduced by farthest point sampling (FPS order)."""
+    points, normals, _ = mesh_to_points(mesh.vertices, mesh.faces, count, 4, seed)
+    return points, normals
+
+
 def prepare_object(source: Source, obj: SourceObject, settings: StoreSettings, root: Path) -> ObjectRecord:
     """Load, sample, render and describe one object and write its file atomically.
 
@@ -206,7 +214,7 @@ def prepare_object(source: Source, obj: SourceObject, settings: StoreSettings, r
     arrays: dict[str, np.ndarray] = {}
     if loaded.mesh is not None:
         mesh = loaded.mesh
-        points, normals, _ = mesh_to_points(mesh.vertices, mesh.faces, settings.points, 4, seed)
+        points, normals = surface_points(mesh, settings.points, seed)
         faces = mesh_face_features(mesh, settings.faces, seed, loaded.origin)
         arrays.update(mesh_features=faces.features, mesh_neighbours=faces.neighbours)
         meta = {"source_faces": faces.source_faces, "simplified": faces.simplified, "padded_faces": faces.padded}

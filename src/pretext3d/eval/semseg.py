@@ -43,7 +43,8 @@ from pretext3d.data.splits import carve_validation
 from pretext3d.engine.trainer import Trainer
 from pretext3d.eval.features import calibrate_batchnorm
 from pretext3d.eval.finetune import (
-    MIN_MEANINGFUL_STEPS, BestKeeper, FineTuned, check_step_counts, finetune_schedule, schedule_text, load_finetune_backbone, label_fraction, runs_folder,
+    MIN_MEANINGFUL_STEPS, BestKeeper, FineTuned, check_step_counts, finetune_schedule, schedule_text,
+    load_finetune_backbone, label_fraction, runs_folder,
     segmentation_output,
 )
 from pretext3d.eval.metrics import confusion_matrix, scores_from_confusion

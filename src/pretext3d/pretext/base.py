@@ -23,7 +23,6 @@ other file:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Mapping, TypeVar
@@ -31,6 +30,7 @@ from typing import Any, ClassVar, Mapping, TypeVar
 from torch import nn
 
 from pretext3d.models.checkpoint import ExportsBackbone
+from pretext3d.utils.names import closest_hint
 
 __all__ = ["DataNeeds", "PretextMethod", "METHODS", "register_method", "method_class", "build_method", "settings_problem",
            "MethodSettingsError"]
@@ -137,9 +137,7 @@ def settings_problem(cls: type, name: str, settings: Mapping[str, Any]) -> str |
     unknown = [key for key in settings if key not in known]
     if not unknown:
         return None
-    close = difflib.get_close_matches(unknown[0], known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{unknown[0]!r} is not a setting of {name}{hint}; its settings: {', '.join(known)}"
+    return f"{unknown[0]!r} is not a setting of {name}{closest_hint(unknown[0], known)}; its settings: {', '.join(known)}"
 
 
 def build_method(name: str, settings: Mapping[str, Any] | None = None) -> PretextMethod:

@@ -33,7 +33,8 @@ from typing import Any, Mapping
 from torch import Tensor, nn
 
 from pretext3d.models import backbone_module, image_encoder_module
-from pretext3d.pretext.base import METHODS, DataNeeds, MethodSettingsError, PretextMethod, register_method, settings_problem
+from pretext3d.pretext.base import (METHODS, DataNeeds, MethodSettingsError, PretextMethod, register_method,
+                                    settings_problem)
 
 __all__ = ["Composed", "task_classes"]
 

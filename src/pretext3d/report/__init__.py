@@ -271,13 +271,12 @@ def _crossmodal(cfg: ReportConfig, run: Path, recipe: dict | None, data: str, fo
     """The cross-modal grid when the run has a space shared by points and images and the data
     shown is a prepared store (its rendered views); None otherwise."""
     from pretext3d.data.datasets import is_store
-    from pretext3d.report.crossmodal import crossmodal_grid, has_shared_image_space
+    from pretext3d.report.crossmodal import crossmodal_grid
 
-    if not is_store(data) or not has_shared_image_space(run):
+    if not is_store(data):
         return None
-    log("[report] cross-modal retrieval grid")
     return crossmodal_grid(run, recipe, Path(data), folder, cfg.queries, cfg.top_k, cfg.seed, device, cfg.cache_dir,
-                           cfg.progress)
+                           cfg.progress, log)
 
 
 def _is_parae(recipe: dict | None) -> bool:
