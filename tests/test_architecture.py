@@ -101,7 +101,7 @@ def _in(module: str, rooms: tuple[str, ...]) -> bool:
     return any(module == f"pretext3d.{room}" or module.startswith(f"pretext3d.{room}.") for room in rooms)
 
 
-CLI = ("cli", "cli_evaluate", "cli_options", "cli_prepare", "cli_pretrain", "cli_recipes")
+CLI = ("cli", "cli_evaluate", "cli_options", "cli_prepare", "cli_pretrain", "cli_recipes", "cli_search")
 RECIPES = ("config", "pretraining")
 ABOVE_GROUND = ("data", "pretext", "engine", "eval", "report", "runs", "search", *RECIPES, *CLI)
 # room -> the rooms it must not import (see docs/layout.md)

@@ -108,3 +108,93 @@ def dies_at_call(method, call: int):
 
     method.forward = forward
     return method
+
+
+class DevTools:
+    """A headless chromium driven over its DevTools protocol (a websocket): open a page, run
+    JavaScript, choose a file in a file input (as a person would), take screenshots. Only what
+    the page tests need; no driver library is installed for it."""
+
+    def __init__(self, chromium: str, profile: Path, size: tuple[int, int] = (1400, 1100)):
+        self.command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                        "--remote-debugging-port=0", f"--window-size={size[0]},{size[1]}", "about:blank"]
+        self.next_id = 0
+
+    def __enter__(self) -> "DevTools":
+        import json
+        import re
+        import subprocess
+        import time
+        import urllib.request
+
+        from websockets.sync.client import connect
+
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        port = None
+        while port is None and time.time() < deadline:
+            line = self.process.stderr.readline()
+            if not line and self.process.poll() is not None:
+                raise RuntimeError("chromium stopped before it listened")
+            found = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
+            port = int(found.group(1)) if found else None
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
+        page = next(t for t in targets if t.get("type") == "page")
+        self.connection = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+        self.socket = self.connection.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.connection.__exit__(None, None, None)
+        finally:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except Exception:
+                self.process.kill()
+
+    def send(self, method: str, **params):
+        import json
+
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv(timeout=120))
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    def eval(self, expression: str):
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait(self, expression: str, seconds: float = 120) -> None:
+        import time
+
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if self.eval(f"Boolean({expression})"):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the page never had {expression} within {seconds} s")
+
+    def open(self, url: str) -> None:
+        self.send("Page.enable")
+        self.send("Page.navigate", url=url)
+        self.wait("document.readyState === 'complete'")
+
+    def upload(self, selector: str, file: Path) -> None:
+        """Choose ``file`` in the file input ``selector`` (the page sees a change event)."""
+        root = self.send("DOM.getDocument")["root"]["nodeId"]
+        node = self.send("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
+        self.send("DOM.setFileInputFiles", files=[str(file)], nodeId=node)
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+        Path(path).write_bytes(base64.b64decode(data))

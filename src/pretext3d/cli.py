@@ -15,6 +15,7 @@ from pretext3d.cli_options import log_for
 from pretext3d.cli_prepare import add_prepare, add_render, add_verify
 from pretext3d.cli_pretrain import add_pretrain
 from pretext3d.cli_recipes import add_recipes
+from pretext3d.cli_search import add_index, add_search, add_serve, index_actions
 from pretext3d.shipped import DEMO_METHODS
 
 __all__ = ["main", "build_parser"]
@@ -167,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_render(sub)
     _add_demo(sub)
     _add_report(sub)
+    add_index(sub)
+    add_search(sub)
+    add_serve(sub)
     return parser
 
 
@@ -198,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
-    args, unknown = parser.parse_known_args(_threads_first(list(sys.argv[1:] if argv is None else argv)))
+    args, unknown = parser.parse_known_args(index_actions(_threads_first(list(sys.argv[1:] if argv is None else argv))))
     if unknown and getattr(args, "overrides", None) is not None and all("=" in u and not u.startswith("-") for u in unknown):
         args.overrides = [*args.overrides, *unknown]  # key=value after an option (e.g. after --resume)
     elif unknown:

@@ -7,6 +7,7 @@ shapes) or a point cloud (pre-sampled formats), untouched: the store does the sa
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from pretext3d.data.errors import DataFormatError
 from pretext3d.data.meshes import Mesh, load_mesh
 from pretext3d.data.pointclouds import PointCloudDataset
 from pretext3d.data.readers import MESH_FORMATS, detect_format, open_splits
+from pretext3d.utils.io import file_digest
 
 __all__ = ["Source", "SourceObject", "open_source", "default_up_axis"]
 
@@ -77,9 +79,10 @@ def _builtin_names(seed: int, train: int, test: int) -> dict[str, _BuiltinNames]
 
 
 class Source:
-    """One dataset on disk (any supported format) seen as objects to prepare."""
+    """One dataset on disk (any supported format) seen as objects to prepare; ``only_splits``
+    keeps the objects of those splits (all when None)."""
 
-    def __init__(self, path: str | Path, fmt: str | None = None):
+    def __init__(self, path: str | Path, fmt: str | None = None, only_splits: tuple[str, ...] | None = None):
         self.path = str(path)
         self.fmt = fmt or detect_format(path)
         self.kind = "mesh" if self.fmt in MESH_FORMATS else "points"
@@ -91,13 +94,18 @@ class Source:
         first = next(iter(self.splits.values()))
         self.classes: list[str] = list(first.classes)
         self.up_axis: str | None = first.up_axis
+        self.only_splits = tuple(only_splits) if only_splits else None
+        if self.only_splits:
+            unknown = [s for s in self.only_splits if s not in self.splits]
+            if unknown:
+                raise DataFormatError(self.path, f"has no split {unknown[0]!r} (its splits: {', '.join(self.splits)})")
 
     def __getstate__(self) -> dict:
-        """Pickles as (path, format): a worker process reopens the data instead of receiving it."""
-        return {"path": self.path, "fmt": self.fmt}
+        """Pickles as (path, format, splits): a worker process reopens the data instead of receiving it."""
+        return {"path": self.path, "fmt": self.fmt, "only_splits": self.only_splits}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], state["fmt"])
+        self.__init__(state["path"], state["fmt"], state.get("only_splits"))
 
     def default_up(self) -> str:
         """The up axis of the data (``default_up_axis``)."""
@@ -107,6 +115,8 @@ class Source:
         found: list[SourceObject] = []
         seen: set[str] = set()
         for split, dataset in self.splits.items():
+            if self.only_splits and split not in self.only_splits:
+                continue
             for position, name in enumerate(dataset.names):
                 key = f"{split}/{name}"
                 if key in seen:  # two files with one name: keep both, apart
@@ -133,5 +143,57 @@ class Source:
                             if origin == self.path else origin)
 
 
-def open_source(path: str | Path, fmt: str | None = None) -> Source:
-    return Source(path, fmt)
+    def digest(self, obj: SourceObject) -> str:
+        """SHA-256 (hex) of what the object is made from, so that a changed object is noticed:
+        a mesh file's bytes (an OBJ's with its material files and their textures), a per-object
+        point file's bytes, a cloud's arrays inside a many-object file, a built-in shape's recipe.
+        Raises DataFormatError (or OSError) naming the file when it cannot be read."""
+        if self.fmt == "builtin":
+            return hashlib.sha256(f"builtin {self._builtin} {obj.label} {obj.name}".encode()).hexdigest()
+        dataset = self.splits[obj.split]
+        files = getattr(dataset, "files", None)
+        if files is not None:
+            return _files_digest(Path(files[obj.position]))
+        item = dataset[obj.position]
+        if "error" in item:
+            raise DataFormatError(f"{self.path} [{obj.key}]", item["error"])
+        h = hashlib.sha256()
+        for name in ("points", "normals"):
+            if item.get(name) is not None:
+                h.update(np.ascontiguousarray(item[name], np.float32).tobytes())
+        return h.hexdigest()
+
+
+def _obj_companions(obj_file: Path) -> list[Path]:
+    """The material files an OBJ names (``mtllib``) and the texture files they name (``map_*``),
+    those that exist, in the order named."""
+    found: list[Path] = []
+
+    def named(file: Path, keyword: str) -> list[Path]:
+        try:
+            lines = file.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        out = []
+        for line in lines:
+            parts = line.strip().split(None, 1)
+            if len(parts) == 2 and (parts[0] == keyword or (keyword == "map_" and parts[0].startswith("map_"))):
+                candidate = file.parent / parts[1].split()[-1]
+                if candidate.is_file():
+                    out.append(candidate)
+        return out
+
+    for material in named(obj_file, "mtllib"):
+        found.append(material)
+        found.extend(named(material, "map_"))
+    return found
+
+
+def _files_digest(file: Path) -> str:
+    """SHA-256 of a file's digest and, for an OBJ, those of its materials and textures."""
+    parts = [file, *(_obj_companions(file) if file.suffix.lower() == ".obj" else [])]
+    return hashlib.sha256(" ".join(file_digest(p) for p in parts).encode()).hexdigest()
+
+
+def open_source(path: str | Path, fmt: str | None = None, only_splits: tuple[str, ...] | None = None) -> Source:
+    return Source(path, fmt, only_splits)

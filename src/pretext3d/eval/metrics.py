@@ -12,6 +12,7 @@ __all__ = [
     "pairwise_distances",
     "RetrievalScores",
     "retrieval_scores",
+    "ranking_scores",
     "shape_part_iou",
     "part_segmentation_miou",
     "semantic_segmentation_scores",
@@ -90,17 +91,39 @@ def retrieval_scores(
         dist = np.where(valid, dist, np.inf)  # excluded items sort last and are never relevant
         order = np.argsort(dist, axis=1, kind="stable")
         ranked = np.take_along_axis(relevant & valid, order, axis=1)
-        cumulative = np.cumsum(ranked, axis=1)
-        counts = valid.sum(1)
-        total = ranked.sum(1)
-        answerable = total > 0
-        for k in ks:
-            top = ranked[answerable, :k]
-            hits[k] += float(top.any(1).sum())
-            precision[k] += float((top.sum(1) / np.minimum(k, counts[answerable])).sum())
-        ranks = np.arange(1, ranked.shape[1] + 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            aps[start:stop] = np.where(total > 0, (cumulative / ranks * ranked).sum(1) / total, np.nan)
+        aps[start:stop] = _add_ranking_scores(ranked, valid.sum(1), ks, hits, precision)
+    return _retrieval_result(hits, precision, aps, ks)
+
+
+def ranking_scores(ranked: np.ndarray, counts: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> RetrievalScores:
+    """``retrieval_scores`` of rankings made elsewhere (a search index): ranked (Q, G) bool, True
+    where the item at that rank is relevant; counts (Q,): how many items each ranking holds
+    (its first counts[q] columns)."""
+    ks = sorted(set(int(k) for k in ks))
+    hits = {k: 0.0 for k in ks}
+    precision = {k: 0.0 for k in ks}
+    aps = _add_ranking_scores(np.asarray(ranked, bool), np.asarray(counts), ks, hits, precision)
+    return _retrieval_result(hits, precision, aps, ks)
+
+
+def _add_ranking_scores(ranked: np.ndarray, counts: np.ndarray, ks: list[int], hits: dict[int, float],
+                        precision: dict[int, float]) -> np.ndarray:
+    """Add the top-k hits and precision sums of rankings ranked (Q, G) to ``hits``/``precision``;
+    return their average precisions (Q,) (NaN for a ranking without a relevant item)."""
+    cumulative = np.cumsum(ranked, axis=1)
+    total = ranked.sum(1)
+    answerable = total > 0
+    for k in ks:
+        top = ranked[answerable, :k]
+        hits[k] += float(top.any(1).sum())
+        precision[k] += float((top.sum(1) / np.minimum(k, counts[answerable])).sum())
+    ranks = np.arange(1, ranked.shape[1] + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (cumulative / ranks * ranked).sum(1) / total, np.nan)
+
+
+def _retrieval_result(hits: dict[int, float], precision: dict[int, float], aps: np.ndarray,
+                      ks: list[int]) -> RetrievalScores:
     scored = ~np.isnan(aps)
     n = int(scored.sum())
     return RetrievalScores(
