@@ -9,6 +9,7 @@ learned embeddings are easier, and `pretext3d index` reports the recall it measu
 vectors. Usage:
 
     python benchmarks/bench_search.py [--dim 256] [--sizes 10000 100000 1000000] [--queries 1000]
+    python benchmarks/bench_search.py --data clustered --sizes 1000000 --skip-ivf   # a space with structure
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ def unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
     for start in range(0, count, 100_000):
         block = rng.standard_normal((min(100_000, count - start), dim), dtype=np.float32)
         out[start:start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def clustered_vectors(count: int, dim: int, seed: int, clusters: int, spread: float = 0.75) -> np.ndarray:
+    """count unit vectors around ``clusters`` random directions (the same for every seed): each
+    a centre plus Gaussian noise of norm about ``spread`` (cosine to its centre about
+    1 / sqrt(1 + spread^2) = 0.8 at 0.75), the shape of a learned space where objects of a kind
+    gather."""
+    centres = unit_vectors(clusters, dim, seed=12345)
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, dim), np.float32)
+    for start in range(0, count, 100_000):
+        n = min(100_000, count - start)
+        block = centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim), dtype=np.float32) / np.sqrt(dim)
+        out[start:start + n] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
 
@@ -60,14 +76,24 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--hnsw-m", type=int, default=32)
+    parser.add_argument("--data", choices=("random", "clustered"), default="random",
+                        help="random unit vectors (no structure: the hard case), or clustered ones (--clusters "
+                        "directions, each vector about cosine 0.8 to its own)")
+    parser.add_argument("--clusters", type=int, default=10_000)
+    parser.add_argument("--skip-ivf", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "bench_out" / "search.json"))
     args = parser.parse_args()
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, dim {args.dim}, k {args.k}")
-    queries = unit_vectors(args.queries, args.dim, seed=1)
+    def make(count: int, seed: int) -> np.ndarray:
+        return unit_vectors(count, args.dim, seed) if args.data == "random" else \
+            clustered_vectors(count, args.dim, seed, args.clusters)
+
+    queries = make(args.queries, seed=1)
     results: dict = {"dim": args.dim, "k": args.k, "queries": args.queries, "threads": faiss.omp_get_max_threads(),
+                     "data": args.data, "clusters": args.clusters if args.data == "clustered" else None,
                      "exact": {}, "hnsw": {}, "ivf": {}}
     for size in args.sizes:
-        vectors = unit_vectors(size, args.dim, seed=0)
+        vectors = make(size, seed=0)
         exact = faiss.IndexFlatIP(args.dim)
         exact.add(vectors)
         seconds, truth = latencies(exact, queries, args.k)
@@ -90,6 +116,8 @@ def main() -> None:
         print(f"hnsw   efSearch {ef:4d}  p50 {results['hnsw'][ef]['p50_ms']:7.2f} ms  p99 {results['hnsw'][ef]['p99_ms']:7.2f} ms"
               f"  recall@{args.k} {results['hnsw'][ef]['recall_at_k']:.3f}", flush=True)
     del hnsw
+    if args.skip_ivf:
+        return _write(results, args.out)
     nlist = int(4 * np.sqrt(largest))
     start = time.perf_counter()
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(args.dim), args.dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -103,7 +131,11 @@ def main() -> None:
         results["ivf"][nprobe] = {**summary(seconds), "recall_at_k": recall_at(found, truth)}
         print(f"ivf    nprobe {nprobe:4d}  p50 {results['ivf'][nprobe]['p50_ms']:7.2f} ms  p99 {results['ivf'][nprobe]['p99_ms']:7.2f} ms"
               f"  recall@{args.k} {results['ivf'][nprobe]['recall_at_k']:.3f}", flush=True)
-    out = Path(args.out)
+    _write(results, args.out)
+
+
+def _write(results: dict, path: str) -> None:
+    out = Path(path)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")

@@ -98,6 +98,9 @@ def test_an_index_round_trips_and_class_mates_rank_first(index):
     scores = opened.evaluate("points", "points")
     chance = 2 / 41  # 2 class-mates among the 41 others
     assert scores["queries"] == 42 and scores["mAP"] > 3 * chance
+    blocks = opened.evaluate("points", "points", chunk=5)  # query blocks combine to the same scores
+    assert blocks["mAP"] == pytest.approx(scores["mAP"]) and blocks["top_k"] == pytest.approx(scores["top_k"])
+    assert blocks["precision_at_k"] == pytest.approx(scores["precision_at_k"])
 
 
 def test_scores_from_the_index_equal_evaluate_retrieval_on_the_same_store(root, run, store):
@@ -317,6 +320,14 @@ def test_bad_uploads_each_get_a_clear_error_and_the_server_stays_up(client, tmp_
         assert expected.lower() in message.lower(), (name, message)
         assert "/tmp/" not in message and "query." not in message  # the upload's name, not the temporary file
     assert client.post("/api/search", data={"k": "3"}).json()["error"].startswith("no file")
+
+    def chunked_body():  # no Content-Length: the body is cut off as it arrives
+        yield b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.npy\"\r\n\r\n"
+        for _ in range(40):
+            yield b"\x00" * 10_000
+    chunked = client.post("/api/search", content=chunked_body(),
+                          headers={"content-type": "multipart/form-data; boundary=x"})
+    assert chunked.status_code == 413 and "limit" in chunked.json()["error"]
     assert client.get("/api/search", params={"row": "abc"}).status_code == 400
     assert client.get("/api/thumbnail/100000").status_code == 400
     assert client.get("/api/search", params={"row": 0, "k": 0}).status_code == 400
@@ -420,3 +431,25 @@ def test_an_obj_digest_follows_its_material_and_texture(tmp_path):
     assert _files_digest(tmp_path / "m.obj") != first
     (tmp_path / "tex.png").write_bytes(b"one")
     assert _files_digest(tmp_path / "m.obj") == first
+
+
+def test_the_approximate_index_reports_its_recall_and_is_refused_when_it_is_poor(monkeypatch):
+    from pretext3d.search import vectors as faiss_side
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 32))
+    clustered = (centres[rng.integers(0, 20, 3000)] + 0.3 * rng.standard_normal((3000, 32))).astype(np.float32)
+    clustered /= np.linalg.norm(clustered, axis=1, keepdims=True)
+    assert faiss_side.build_faiss(clustered, "auto", above=5000).kind == "exact"  # small: exact
+    built = faiss_side.build_faiss(clustered, "auto", above=1000)
+    assert built.kind == "hnsw" and built.recall >= faiss_side.MIN_RECALL
+    described = built.describe()
+    assert described["recall_queries"] == 1000 and described["efSearch"] in faiss_side.EF_SEARCH_STEPS
+    # recall is measured, not assumed: the same vectors against an unreachable bar keep exact search
+    monkeypatch.setattr(faiss_side, "MIN_RECALL", 1.01)
+    refused = faiss_side.build_faiss(clustered, "auto", above=1000)
+    assert refused.kind == "exact" and "exact search kept" in refused.describe()["note"]
+    assert refused.describe()["hnsw_refused"]["efSearch"] == faiss_side.EF_SEARCH_STEPS[-1]
+    assert faiss_side.build_faiss(clustered, "always", above=10 ** 9).kind == "hnsw"  # asked for: kept
+    found, _ = faiss_side.recall_against_exact(faiss_side.exact_index(clustered), clustered)
+    assert found == 1.0  # exact search against itself: the check can tell right from wrong

@@ -4,7 +4,6 @@ and ``serve``."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -40,7 +40,7 @@ from pretext3d.data.store import (
     write_index,
     write_store_header,
 )
-from pretext3d.utils.io import naming
+from pretext3d.utils.io import folder_bytes, naming
 from pretext3d.utils.lock import folder_lock
 from pretext3d.utils.processes import die_with_parent
 from pretext3d.utils.progress import progress_bar
@@ -181,10 +181,6 @@ def _run_one(obj: SourceObject) -> ObjectRecord:
                             seconds=time.perf_counter() - start)
 
 
-def _folder_bytes(root: Path) -> int:
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
-
-
 def prepare(
     source_path: str | Path | Source,
     out: str | Path,
@@ -272,7 +268,7 @@ def _prepare_shard(source: Source, root: Path, settings: StoreSettings, objects:
                 failed.append((record.key, record.reason))
     index = write_index(root)
     return PrepareSummary(len(objects), len(mine), len(mine) - len(todo), done, failed,
-                          time.perf_counter() - start, views, _folder_bytes(root), index["counts"])
+                          time.perf_counter() - start, views, folder_bytes(root), index["counts"])
 
 
 # --- verify -----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import shutil
 import socket
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -171,9 +171,8 @@ def _prepare_own_store(source: Source, out: Path, embedder: Embedder, options: I
     recorded = read_json(hashes_file, "digests") if hashes_file.exists() else {}
     store = out / "store"
     _drop_stale_prepared(store, digests, recorded)
-    # recorded before preparing: a kill during prepare leaves files that match these digests
-    atomic_write_json(hashes_file, {**{k: v for k, v in recorded.items() if k not in digests and
-                                       not object_path(store, k).exists()}, **digests})
+    # recorded before preparing: a kill during prepare leaves only files that match these digests
+    atomic_write_json(hashes_file, digests)
     prepared = prepare(source, store, _store_settings(embedder, options), workers=options.workers,
                        shard=options.shard, progress=options.progress)
     failed += [(k, r) for k, r in prepared.failed if k in digests]

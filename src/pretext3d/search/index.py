@@ -25,7 +25,7 @@ import numpy as np
 from pretext3d.data.errors import DataFormatError
 from pretext3d.data.store import read_json
 from pretext3d.search.build import INDEX_FORMAT
-from pretext3d.search.queries import Query, QueryError, query_from_value
+from pretext3d.search.queries import Query, query_from_value
 from pretext3d.search.vectors import exact_index, read_faiss
 
 __all__ = ["Hit", "SearchIndex", "open_index", "IndexError_"]
@@ -98,7 +98,8 @@ class SearchIndex:
     def faiss(self, modality: str):
         self._check_modality(modality)
         if modality not in self._faiss:
-            self._faiss[modality] = read_faiss(self._file(self.info["files"]["faiss"][modality]))
+            self._faiss[modality] = read_faiss(self._file(self.info["files"]["faiss"][modality]),
+                                               self.info["search"][modality].get("efSearch"))
         return self._faiss[modality]
 
     @cached_property
@@ -120,7 +121,7 @@ class SearchIndex:
 
     def views(self, object_id: str) -> list[bytes]:
         """Every rendered view of the object (PNG bytes, RGBA), from the prepared store."""
-        from pretext3d.data.store import read_index, read_object, store_file
+        from pretext3d.data.store import read_object, store_file
 
         if self.store is None:
             raise IndexError_(self.path, "has no prepared store to show views from (it was moved or deleted)")
@@ -239,7 +240,7 @@ class SearchIndex:
     # --- measuring ----------------------------------------------------------------------------
 
     def evaluate(self, query_modality: str, gallery_modality: str, ks: Sequence[int] = (1, 5, 10),
-                 split: str | None = None) -> dict[str, Any]:
+                 split: str | None = None, chunk: int = 512) -> dict[str, Any]:
         """Retrieval scores from the index (``evaluate retrieval``'s definitions): every object
         (of ``split``) with a label queries with its ``query_modality`` vector, the exact ranking
         of the ``gallery_modality`` vectors of the same objects (itself left out within a
@@ -254,22 +255,42 @@ class SearchIndex:
         gallery = np.ascontiguousarray(self.vectors(gallery_modality)[rows], np.float32)
         queries = np.ascontiguousarray(self.vectors(query_modality)[rows], np.float32)
         index = exact_index(gallery)
-        start = time.perf_counter()
-        scores, ranked = index.search(queries, len(rows))
-        seconds = time.perf_counter() - start
-        ranked = _ties_by_row(scores, ranked)
         within = query_modality == gallery_modality
-        valid = ranked != np.arange(len(rows))[:, None] if within else np.ones_like(ranked, bool)
-        # a query's own row sorts last and never counts: the ranking without it
-        order = np.argsort(~valid, axis=1, kind="stable")
-        ranked, valid = np.take_along_axis(ranked, order, 1), np.take_along_axis(valid, order, 1)
-        relevant = (labels[ranked] == labels[:, None]) & valid
-        result = ranking_scores(relevant, valid.sum(1), ks)
-        return {"pair": f"{query_modality}->{gallery_modality}", "objects": int(len(rows)), "mAP": result.mAP,
-                "top_k": {str(k): v for k, v in result.top_k.items()},
-                "precision_at_k": {str(k): v for k, v in result.precision_at_k.items()},
-                "queries": result.queries, "queries_without_relevant": result.no_relevant,
+        parts, seconds = [], 0.0
+        for start in range(0, len(rows), chunk):  # (chunk, N) rankings at a time bound the memory
+            stop = min(start + chunk, len(rows))
+            began = time.perf_counter()
+            scores, ranked = index.search(queries[start:stop], len(rows))
+            seconds += time.perf_counter() - began
+            ranked = _ties_by_row(scores, ranked)
+            own = np.arange(start, stop)[:, None]
+            valid = ranked != own if within else np.ones_like(ranked, bool)
+            # a query's own row sorts last and never counts: the ranking without it
+            order = np.argsort(~valid, axis=1, kind="stable")
+            ranked, valid = np.take_along_axis(ranked, order, 1), np.take_along_axis(valid, order, 1)
+            relevant = (labels[ranked] == labels[start:stop, None]) & valid
+            parts.append(ranking_scores(relevant, valid.sum(1), ks))
+        result = _combined(parts)
+        return {"pair": f"{query_modality}->{gallery_modality}", "objects": int(len(rows)), "mAP": result["mAP"],
+                "top_k": result["top_k"], "precision_at_k": result["precision_at_k"],
+                "queries": result["queries"], "queries_without_relevant": result["no_relevant"],
                 "full_ranking_seconds": seconds}
+
+
+def _combined(parts: list) -> dict[str, Any]:
+    """Scores of query blocks -> the scores of all their queries (each block's means weighted by
+    the queries it scored)."""
+    aps = np.concatenate([p.per_query_ap for p in parts])
+    scored = int((~np.isnan(aps)).sum())
+    weights = [p.queries / scored if scored else 0.0 for p in parts]
+
+    def mean(values: list[dict[int, float]]) -> dict[str, float]:
+        return {str(k): float(sum(w * v[k] for w, v in zip(weights, values) if w)) if scored else float("nan")
+                for k in values[0]}
+
+    return {"mAP": float(np.nanmean(aps)) if scored else float("nan"), "queries": scored,
+            "no_relevant": int(np.isnan(aps).sum()), "top_k": mean([p.top_k for p in parts]),
+            "precision_at_k": mean([p.precision_at_k for p in parts])}
 
 
 def _ties_by_row(scores: np.ndarray, ranked: np.ndarray) -> np.ndarray:

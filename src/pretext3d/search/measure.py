@@ -13,6 +13,7 @@ import numpy as np
 
 from pretext3d.search.index import SearchIndex, open_index
 from pretext3d.search.vectors import HNSW_EF_SEARCH, exact_index, hnsw_index, recall_against_exact
+from pretext3d.utils.io import folder_bytes
 
 __all__ = ["evaluate_index", "format_evaluation"]
 
@@ -76,17 +77,13 @@ def _query_latency(index: SearchIndex, count: int) -> dict[str, Any]:
     return out
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
-
-
 def _sizes(index: SearchIndex) -> dict[str, Any]:
     """Bytes per indexed object: what search needs (vectors, FAISS, thumbnails, metadata), the
     embedding chunks kept for re-runs, and the prepared store (views for the page)."""
     n = max(1, len(index))
-    searchable = _folder_bytes(index.path / index.info["generation"])
-    chunks = _folder_bytes(index.path / "chunks")
-    store = _folder_bytes(index.path / "store")
+    searchable = folder_bytes(index.path / index.info["generation"])
+    chunks = folder_bytes(index.path / "chunks")
+    store = folder_bytes(index.path / "store")
     return {"searchable_bytes_per_object": searchable / n, "chunks_bytes_per_object": chunks / n,
             "own_store_bytes_per_object": store / n,
             "vectors_bytes_per_object": {m: int(np.load(index._file(index.info["files"]["vectors"][m]),

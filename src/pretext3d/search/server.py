@@ -41,6 +41,41 @@ class _BadRequest(Exception):
         self.status = status
 
 
+class _BodyLimit:
+    """ASGI wrapper that stops reading a request body past ``limit`` bytes (a chunked upload has
+    no Content-Length to refuse it by): the endpoint reading it gets a 413 ``_BadRequest``."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BadRequest(f"the upload is larger than the {_megabytes(self.limit)} limit", 413)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _error_response(err: Exception, response_class):
+    """One JSON error for any failure of a request: its own status for a bad request (also when
+    raised inside the multipart parser), 400 for the readers' and the index's messages, else 500."""
+    bad = next((e for e in (err, err.__cause__, err.__context__) if isinstance(e, _BadRequest)), None)
+    if bad is not None:
+        return response_class({"error": str(bad)}, status_code=bad.status)
+    if isinstance(err, (QueryError, ValueError)):
+        return response_class({"error": str(err)}, status_code=400)
+    return response_class({"error": f"the query failed ({type(err).__name__}: {err})"}, status_code=500)
+
+
 def _int(value: str | None, name: str, default: int | None, low: int, high: int) -> int:
     """A whole-number parameter in [low, high]; ``default`` when absent (None: required)."""
     if value is None or value == "":
@@ -98,12 +133,8 @@ def create_app(index: SearchIndex | str | Path, max_upload_bytes: int = 64 * 102
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(request)
-            except _BadRequest as err:
-                return JSONResponse({"error": str(err)}, status_code=err.status)
-            except (QueryError, ValueError) as err:  # the readers' and the index's clear messages
-                return JSONResponse({"error": str(err)}, status_code=400)
             except Exception as err:  # the server keeps serving whatever one request did
-                return JSONResponse({"error": f"the query failed ({type(err).__name__}: {err})"}, status_code=500)
+                return _error_response(err, JSONResponse)
         return endpoint
 
     async def page(request: Request) -> Response:
@@ -158,6 +189,8 @@ def create_app(index: SearchIndex | str | Path, max_upload_bytes: int = 64 * 102
             raise _BadRequest(f"the upload is {_megabytes(int(length))}; the limit is {_megabytes(max_upload_bytes)}", 413)
         try:
             form = await request.form(max_files=1, max_fields=8, max_part_size=max_upload_bytes)
+        except _BadRequest:
+            raise
         except Exception as err:  # multipart errors (too large a part, malformed body) come in several types
             status = 413 if "size" in str(err).lower() or "large" in str(err).lower() else 400
             raise _BadRequest(f"the upload could not be read ({err})", status) from None
@@ -201,7 +234,7 @@ def create_app(index: SearchIndex | str | Path, max_upload_bytes: int = 64 * 102
               Route("/api/search", guarded(search_by_upload), methods=["POST"])]
     app = Starlette(routes=routes)
     app.state.index = opened
-    return app
+    return _BodyLimit(app, max_upload_bytes + 64 * 1024)
 
 
 def serve(path: Path, host: str = "127.0.0.1", port: int = 8765, max_upload_bytes: int = 64 * 1024 * 1024,

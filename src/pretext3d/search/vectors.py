@@ -3,9 +3,11 @@ similarity) for small collections, HNSW above ``APPROXIMATE_ABOVE`` vectors, wit
 against exact search measured when it is built.
 
 The size and the HNSW settings come from ``benchmarks/bench_search.py`` (2 cores, dimension
-256, faiss 1.15): exact search answers one query in 0.7 ms over 10k vectors and 14 ms over
-100k, growing linearly (about 140 ms at 1M); above 100k an HNSW graph keeps a query to a few
-milliseconds (see docs/search.md for the measured recall and latency).
+256, faiss 1.15): exact search answers one query in 0.85 ms over 10k vectors, 15 ms over 100k
+and 143 ms over 1M; on 1M clustered vectors HNSW (M 32, efSearch 128) answers in 0.87 ms with
+recall@10 0.997, but on 1M random vectors in 2.6 ms with recall 0.05 (no neighbourhoods to
+find): hence the recall measured at build time and the fall-back to exact search
+(docs/benchmarks.md, Search).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ APPROXIMATE_ABOVE = 100_000  # vectors; exact search beyond this takes over ~15 
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 128
+EF_SEARCH_STEPS = (HNSW_EF_SEARCH, 256, 512)  # tried in turn until recall@10 reaches MIN_RECALL
+MIN_RECALL = 0.9
 RECALL_QUERIES = 1000
 RECALL_K = 10
 
@@ -50,6 +54,9 @@ class BuiltIndex:
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, **self.settings}
+        if self.kind == "exact" and self.recall is not None:
+            out["note"] = (f"an HNSW index reached recall@{RECALL_K} {self.recall:.3f} < {MIN_RECALL} on these vectors "
+                           "even at efSearch 512: exact search kept")
         if self.recall is not None:
             out.update(recall_at_k=self.recall, recall_k=RECALL_K, recall_queries=self.recall_queries,
                        recall_rule="fraction of the exact 10 nearest (the query itself left out) that the "
@@ -92,19 +99,31 @@ def recall_against_exact(approximate, vectors: np.ndarray, k: int = RECALL_K, qu
     return float(np.mean(hits)), len(rows)
 
 
-def build_faiss(vectors: np.ndarray, approximate: str = "auto") -> BuiltIndex:
+def build_faiss(vectors: np.ndarray, approximate: str = "auto", above: int = APPROXIMATE_ABOVE) -> BuiltIndex:
     """vectors: (N, D) L2-normalised float32 -> the index for their size: exact up to
     ``APPROXIMATE_ABOVE`` vectors (or always with approximate="never"), HNSW above (or always
-    with "always"), its recall measured."""
+    with "always"), its recall@10 against exact search measured on sampled indexed vectors and
+    efSearch widened (``EF_SEARCH_STEPS``) until it reaches ``MIN_RECALL``; with "auto", an HNSW
+    index that cannot reach it is refused and the exact one kept (its recall recorded)."""
     if approximate not in ("auto", "always", "never"):
         raise ValueError(f"approximate must be auto, always or never, got {approximate!r}")
-    use_hnsw = approximate == "always" or (approximate == "auto" and len(vectors) > APPROXIMATE_ABOVE)
+    use_hnsw = approximate == "always" or (approximate == "auto" and len(vectors) > above)
     if not use_hnsw or len(vectors) < 2:
         return BuiltIndex(exact_index(vectors), "exact", {"faiss": "IndexFlatIP"})
     index = hnsw_index(vectors)
-    recall, queries = recall_against_exact(index, vectors)
-    return BuiltIndex(index, "hnsw", {"faiss": "IndexHNSWFlat", "M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION,
-                                      "efSearch": HNSW_EF_SEARCH}, recall, queries)
+    for ef_search in EF_SEARCH_STEPS:  # widen the search until it finds enough of the true neighbours
+        index.hnsw.efSearch = ef_search
+        recall, queries = recall_against_exact(index, vectors)
+        if recall >= MIN_RECALL:
+            break
+    settings = {"faiss": "IndexHNSWFlat", "M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION,
+                "efSearch": int(index.hnsw.efSearch)}
+    if recall < MIN_RECALL and approximate == "auto":
+        # vectors without neighbourhood structure (random-like): an approximate answer would be
+        # mostly wrong, so the exact index is kept and the measured recall says why
+        return BuiltIndex(exact_index(vectors), "exact", {"faiss": "IndexFlatIP", "hnsw_refused": settings},
+                          recall, queries)
+    return BuiltIndex(index, "hnsw", settings, recall, queries)
 
 
 def write_faiss(index, path: str | Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "file_digest", "save_tensors",
            "describe_os_error", "naming",
-           "check_writable"]
+           "check_writable", "folder_bytes"]
 
 
 @contextmanager
@@ -65,6 +65,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """The bytes of every file under ``folder`` (0 when it does not exist)."""
+    folder = Path(folder)
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
