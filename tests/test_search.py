@@ -453,3 +453,13 @@ def test_the_approximate_index_reports_its_recall_and_is_refused_when_it_is_poor
     assert faiss_side.build_faiss(clustered, "always", above=10 ** 9).kind == "hnsw"  # asked for: kept
     found, _ = faiss_side.recall_against_exact(faiss_side.exact_index(clustered), clustered)
     assert found == 1.0  # exact search against itself: the check can tell right from wrong
+
+
+def test_index_actions_are_found_after_the_programs_own_options():
+    from pretext3d.cli_search import index_actions
+
+    assert index_actions(["index", "merge", "a", "b"]) == ["index-merge", "a", "b"]
+    assert index_actions(["--threads", "2", "index", "evaluate", "x"]) == ["--threads", "2", "index-evaluate", "x"]
+    assert index_actions(["--threads=auto", "index", "merge", "x"]) == ["--threads=auto", "index-merge", "x"]
+    assert index_actions(["index", "merge_folder", "--out", "x"]) == ["index", "merge_folder", "--out", "x"]
+    assert index_actions(["search", "index", "merge"]) == ["search", "index", "merge"]

@@ -16,14 +16,13 @@ MODALITY_CHOICES = ("points", "image", "mesh")
 
 def index_actions(argv: list[str]) -> list[str]:
     """``index merge ...`` / ``index evaluate ...`` -> the commands ``index-merge`` / ``index-evaluate``
-    (``index SOURCE`` takes any path as SOURCE, so the actions are spelled apart for argparse)."""
-    for i, arg in enumerate(argv):
-        if not arg.startswith("-"):
-            if arg == "index" and i + 1 < len(argv) and argv[i + 1] in ("merge", "evaluate"):
-                return [*argv[:i], f"index-{argv[i + 1]}", *argv[i + 2:]]
-            return argv
-        if arg == "--threads":
-            continue
+    (``index SOURCE`` takes any path as SOURCE, so the actions are spelled apart for argparse).
+    The program's own options may come first (``--threads N`` with its value)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] == "--threads" else 1
+    if i + 1 < len(argv) and argv[i] == "index" and argv[i + 1] in ("merge", "evaluate"):
+        return [*argv[:i], f"index-{argv[i + 1]}", *argv[i + 2:]]
     return argv
 
 

@@ -28,10 +28,10 @@ from pretext3d.search.build import INDEX_FORMAT
 from pretext3d.search.queries import Query, query_from_value
 from pretext3d.search.vectors import exact_index, read_faiss
 
-__all__ = ["Hit", "SearchIndex", "open_index", "IndexError_"]
+__all__ = ["Hit", "SearchIndex", "open_index", "IndexOpenError"]
 
 
-class IndexError_(DataFormatError):
+class IndexOpenError(DataFormatError):
     """An index folder that cannot be opened (named, with the reason)."""
 
 
@@ -64,10 +64,10 @@ class SearchIndex:
         info = self.path / "index.json"
         if not info.is_file():
             hint = " (an unfinished shard: run `pretext3d index merge`)" if (self.path / "build.json").is_file() else ""
-            raise IndexError_(self.path, f"is not a finished pretext3d index (no index.json){hint}")
+            raise IndexOpenError(self.path, f"is not a finished pretext3d index (no index.json){hint}")
         self.info = read_json(info, "index", ("format", "files", "modalities"))
         if self.info["format"] != INDEX_FORMAT:
-            raise IndexError_(info, f"has format {self.info['format']!r}, expected {INDEX_FORMAT!r}")
+            raise IndexOpenError(info, f"has format {self.info['format']!r}, expected {INDEX_FORMAT!r}")
         self.device = device
         self.objects: list[dict[str, Any]] = read_json(self._file(self.info["files"]["objects"]), "objects",
                                                        ("objects",))["objects"]
@@ -80,7 +80,7 @@ class SearchIndex:
         """A file the index names, which must lie inside the index folder."""
         candidate = (self.path / relative).resolve()
         if not candidate.is_relative_to(self.path.resolve()) or not candidate.is_file():
-            raise IndexError_(self.path / "index.json", f"names {relative!r}, which is not a file inside the index")
+            raise IndexOpenError(self.path / "index.json", f"names {relative!r}, which is not a file inside the index")
         return candidate
 
     def __len__(self) -> int:
@@ -124,17 +124,18 @@ class SearchIndex:
         from pretext3d.data.store import read_object, store_file
 
         if self.store is None:
-            raise IndexError_(self.path, "has no prepared store to show views from (it was moved or deleted)")
+            raise IndexOpenError(self.path, "has no prepared store to show views from (it was moved or deleted)")
         self.row(object_id)
-        entry = self._store_entries.get(object_id)
+        entry = self.store_entries.get(object_id)
         if entry is None:
-            raise IndexError_(self.store, f"no longer holds the object {object_id!r}")
+            raise IndexOpenError(self.store, f"no longer holds the object {object_id!r}")
         arrays = read_object(store_file(self.store, entry["file"]), ("images_png", "image_offsets"))
         data, offsets = arrays["images_png"], arrays["image_offsets"]
         return [data[offsets[v]:offsets[v + 1]].tobytes() for v in range(len(offsets) - 1)]
 
     @cached_property
-    def _store_entries(self) -> dict[str, dict]:
+    def store_entries(self) -> dict[str, dict]:
+        """The prepared store's index entries by object id (empty without a store)."""
         from pretext3d.data.store import read_index
 
         return {e["key"]: e for e in read_index(self.store)["objects"]} if self.store else {}
@@ -162,7 +163,7 @@ class SearchIndex:
 
         run = Path(self.info["run"])
         if not run.is_dir():
-            raise IndexError_(self.path, f"was built with the run {run}, which is gone: file queries need it "
+            raise IndexOpenError(self.path, f"was built with the run {run}, which is gone: file queries need it "
                                          "(queries by an indexed object's id still work)")
         return Embedder(run, self.info["space"], self.device)
 

@@ -57,7 +57,7 @@ def _query_latency(index: SearchIndex, count: int) -> dict[str, Any]:
 
     if index.store is None or count == 0:
         return {}
-    entries = list(index._store_entries.values())
+    entries = list(index.store_entries.values())
     rows = np.random.default_rng(1).choice(len(entries), size=min(count, len(entries)), replace=False)
     index.embedder  # load the run before timing
     out: dict[str, Any] = {}
