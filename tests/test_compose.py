@@ -115,3 +115,64 @@ def test_the_shipped_composition_pretrains_on_the_builtin_shapes(tmp_path):
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     assert {"crosspoint.imid", "picpoint.local", "parae.nll"} <= set(lines[0])
     assert (run / "backbone.safetensors").is_file()
+
+
+def _shipped_like_composition(shared: bool) -> Composed:
+    """The shipped composition's tasks (CrossPoint IMID, Pic@Point local, ParAE) on a small
+    point-wise DGCNN and a ResNet-18."""
+    torch.manual_seed(0)
+    return Composed(tasks={"crosspoint": {"parts": {"imid": 1.0}, "hidden_dim": 16, "projection_dim": 8,
+                                          "gather_distributed": False},
+                           "picpoint": {"parts": {"local": 1.0}, "local_samples": 16, "embed_dim": 16,
+                                        "gather_distributed": False},
+                           "parae": {"weight": 1.0, "partitions": 8}},
+                    backbone="dgcnn-seg", backbone_config={"num_outputs": 8, "num_categories": 0, "k": 8, "emb_dims": 32,
+                                                           "transform": False},
+                    image_encoder="resnet18", shared_passes=shared)
+
+
+def test_shared_passes_give_the_same_loss_and_gradients_with_each_pass_run_once():
+    from pretext3d.geometry.cameras import make_cameras
+    from pretext3d.pretext.compose import shared_passes
+
+    g = torch.Generator().manual_seed(3)
+    cams = make_cameras("random", 4, seed=3)
+    views = torch.rand(4, 2, 96, 3, generator=g) - 0.5
+    batch = {"points": views[:, 0], "point_views": views, "images": torch.randn(4, 1, 3, 64, 64, generator=g),
+             "view": torch.from_numpy(cams.view[:, None]).float(), "proj": torch.from_numpy(cams.proj[:, None]).float()}
+    results = {}
+    for shared in (False, True):
+        method = _shipped_like_composition(shared).train()
+        for module in method.modules():  # the seg head's dropout draws a new mask per pass: off, so that
+            if isinstance(module, torch.nn.Dropout):  # the two forms compute the same function
+                module.eval()
+        runs = {"backbone": 0, "image": 0}  # a submodule's hook fires only when the encoder really runs
+        method.backbone.edge_convs[0].register_forward_hook(lambda *_: runs.__setitem__("backbone", runs["backbone"] + 1))
+        method.image_encoder.conv1.register_forward_hook(lambda *_: runs.__setitem__("image", runs["image"] + 1))
+        torch.manual_seed(5)  # Pic@Point's draw of local samples
+        out = method(batch)
+        out["loss"].backward()
+        grads = {name: p.grad.clone() for name, p in method.named_parameters() if p.grad is not None}
+        results[shared] = out, grads, dict(runs)
+        assert "forward" not in vars(method.backbone) and "forward" not in vars(method.image_encoder)  # restored
+    (plain, plain_grads, plain_runs), (shared, shared_grads, shared_runs) = results[False], results[True]
+    assert plain_runs == {"backbone": 3, "image": 2}  # CrossPoint's 2B views, Pic@Point's and ParAE's B; two image passes
+    assert shared_runs == {"backbone": 2, "image": 1}  # Pic@Point and ParAE share one pass; one image pass
+    assert abs(shared["loss"].item() - plain["loss"].item()) <= 1e-6 * max(1.0, abs(plain["loss"].item()))
+    for part in ("crosspoint.imid", "picpoint.local", "parae.nll"):
+        assert shared[part].item() == pytest.approx(plain[part].item(), abs=1e-6)
+    assert shared_grads.keys() == plain_grads.keys() and len(plain_grads) > 20
+    for name, grad in plain_grads.items():
+        scale = max(1.0, grad.abs().max().item())
+        assert (shared_grads[name] - grad).abs().max().item() <= 1e-6 * scale, name
+    # inputs that differ in memory, values, a later in-place change, or grad mode are not shared
+    layer = torch.nn.Linear(3, 2)
+    x = torch.ones(2, 3)
+    with shared_passes(layer) as counts:
+        first = layer(x)
+        assert layer(x) is first and layer(x.clone()) is not first
+        x.add_(1.0)
+        assert not torch.equal(layer(x), first)
+        with torch.no_grad():
+            layer(x)
+    assert counts == {"runs": 4, "reused": 1}
