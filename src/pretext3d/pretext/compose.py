@@ -23,7 +23,8 @@ and the same other arguments) returns the earlier call's output, autograd graph 
 (``shared_passes``; ``shared_passes=False`` runs every task's passes): the loss and the
 gradients are the same, each pass is paid once. (A random layer in a shared encoder, such as
 the dropout of DGCNN's segmentation head, draws once for the shared pass instead of once per
-task: another draw of the same distribution.) Measured on the shipped ``compose_cpu`` at its
+task: another draw of the same distribution; and a shared pass updates BatchNorm's running
+statistics once, where every task's pass moved them again towards the same batch.) Measured on the shipped ``compose_cpu`` at its
 sizes (batch 16, 1024 points, 96 px; 2 cores; ``benchmarks/bench_compose.py``): 14.7 s a step
 with every task's passes, 9.4 s shared (1.57x). Passes with different inputs still run
 (CrossPoint's two views go through the backbone as one batch of 2B, whose BatchNorm statistics
