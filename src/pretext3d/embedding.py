@@ -69,6 +69,7 @@ class Embedder:
         self.num_points = int(options.get("points") or 1024)
         store = training_store(self.run, self.recipe)
         settings = read_store_settings(store)[0] if (store / "store.json").is_file() else None
+        self.training_settings = settings  # the store the run trained on (None for point datasets)
         self.image_size = int(options.get("image_size") or (settings.image_size if settings else 224))
         self.faces = settings.faces if settings else 1024
         self.grayscale = bool(settings.grayscale) if settings else False

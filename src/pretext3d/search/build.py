@@ -121,18 +121,11 @@ def _check_same_build(out: Path, record: dict[str, Any], existing: dict[str, Any
 # --- sources ----------------------------------------------------------------------------------
 
 
-def _run_store_settings(embedder: Embedder) -> StoreSettings | None:
-    from pretext3d.runs import training_store
-
-    store = training_store(embedder.run, embedder.recipe)
-    return read_store_settings(store)[0] if (Path(store) / "store.json").is_file() else None
-
-
 def _store_settings(embedder: Embedder, options: IndexOptions) -> StoreSettings:
     """The prepared form of the objects: the run's point count and faces, the views and
     renderer of the store the run trained on (overridable), rendered at least at the run's
     image size."""
-    trained = _run_store_settings(embedder)
+    trained = embedder.training_settings
     base = trained or StoreSettings(views=DEFAULT_VIEWS)
     size = options.render_size or max(base.image_size if trained else 0, embedder.image_size)
     return replace(base, points=embedder.num_points, views=options.views or base.views, image_size=size,
@@ -215,6 +208,20 @@ def read_chunks(out: Path, wanted: dict[str, str] | None = None) -> dict[str, di
     return rows
 
 
+def _embedded_keys(out: Path, wanted: dict[str, str]) -> set[str]:
+    """The keys of ``wanted`` whose digest some chunk holds (reads only each chunk's keys and
+    digests, not its vectors and thumbnails)."""
+    found: set[str] = set()
+    for file in _chunk_files(out):
+        try:
+            with np.load(file, allow_pickle=False) as data:
+                keys, digests = data["keys"].tolist(), data["digests"].tolist()
+        except Exception:  # a damaged chunk: its objects are redone (as read_chunks skips it)
+            continue
+        found.update(k for k, d in zip(keys, digests) if wanted.get(k) == d)
+    return found
+
+
 def _write_chunk(out: Path, keys: list[str], digests: list[str], vectors: dict[str, np.ndarray],
                  thumbnails: list[bytes]) -> None:
     import io
@@ -251,16 +258,17 @@ def _embed_missing(embedder: Embedder, store: Path, entries: list[dict], digests
                    modalities: tuple[str, ...], options: IndexOptions) -> tuple[int, float]:
     """Embed the objects (store index entries) whose (key, digest) has no chunk yet, a chunk per
     batch; returns (objects embedded, seconds)."""
-    done = read_chunks(out, digests)
+    done = _embedded_keys(out, digests)
     todo = [e for e in entries if e["key"] in digests and e["key"] not in done]
     if not todo:
         return 0, 0.0
     settings, _ = read_store_settings(store)
     views = np.arange(settings.views)
-    rows_of = {}
-    for split in sorted({e["split"] for e in todo}):  # rows within the split, as the store's datasets count them
-        in_split = [e["key"] for e in read_index(store)["objects"] if e["split"] == split]
-        rows_of.update({key: (split, row) for row, key in enumerate(in_split)})
+    rows_of: dict[str, int] = {}  # each object's row within its split, as the store's datasets count them
+    counted: dict[str, int] = {}
+    for entry in read_index(store)["objects"]:
+        rows_of[entry["key"]] = counted.get(entry["split"], 0)
+        counted[entry["split"]] = rows_of[entry["key"]] + 1
     batches = [todo[i:i + options.batch_size] for i in range(0, len(todo), options.batch_size)]
     start = time.perf_counter()
     bar = progress_bar(range(len(todo)), desc="embed", unit="obj", enabled=options.progress)
@@ -272,7 +280,7 @@ def _embed_missing(embedder: Embedder, store: Path, entries: list[dict], digests
             part = [e for e in batch if e["split"] == split]
             embedded = embed_store(embedder.encoders, store, split, modalities, embedder.num_points,
                                    embedder.image_size, len(part), embedder.device, use_cache=False, progress=False,
-                                   objects=[rows_of[e["key"]][1] for e in part])
+                                   objects=[rows_of[e["key"]] for e in part])
             for m in modalities:
                 features = embedded.features[m]
                 vectors[m].append(pool_views(features, views, options.pool) if m == "image" else features)
@@ -320,7 +328,7 @@ def build_search_index(source: str | Path, run: str | Path, out: str | Path, opt
     given_store = is_store(source)
     if given_store:
         store = Path(source)
-        settings, config = read_store_settings(store)
+        _, config = read_store_settings(store)
         mesh_source = config.get("kind") == "mesh"
     else:
         opened = open_source(source, only_splits=options.splits)
@@ -395,10 +403,12 @@ def finish_index(out: str | Path, failed: Sequence[tuple[str, str]] = (), log: C
     files: dict[str, Any] = {"objects": f"{generation}/objects.json", "thumbnails": f"{generation}/thumbnails.npz",
                              "vectors": {}, "faiss": {}}
     approximate: dict[str, Any] = {}
+    dims: dict[str, int] = {}
     for m in build["modalities"]:
         raw = np.stack([rows[e["key"]][m] for e in kept]).astype(np.float32) if kept else np.zeros((0, 1), np.float32)
         vectors = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
         np.save(folder / f"vectors-{m}.npy", vectors)
+        dims[m] = int(vectors.shape[1])
         built = build_faiss(vectors, build.get("approximate", "auto"))
         write_faiss(built.index, folder / f"faiss-{m}.index")
         files["vectors"][m] = f"{generation}/vectors-{m}.npy"
@@ -413,7 +423,7 @@ def finish_index(out: str | Path, failed: Sequence[tuple[str, str]] = (), log: C
     previous = read_json(out / "index.json", "index") if (out / "index.json").exists() else None
     index = {**{k: build[k] for k in ("format", "run", "weights", "method", "space", "modalities", "num_points",
                                        "image_size", "pool", "source", "splits", "store")},
-             "dims": {m: int(np.load(folder / f"vectors-{m}.npy", mmap_mode="r").shape[1]) for m in build["modalities"]},
+             "dims": dims,
              "metric": "cosine similarity (inner product of L2-normalised vectors)",
              "search": approximate, "generation": generation, "files": files, "counts": counts,
              "failed": [{"id": k, "reason": r} for k, r in failed], "missing": missing[:100],

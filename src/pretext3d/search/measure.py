@@ -86,8 +86,7 @@ def _sizes(index: SearchIndex) -> dict[str, Any]:
     store = folder_bytes(index.path / "store")
     return {"searchable_bytes_per_object": searchable / n, "chunks_bytes_per_object": chunks / n,
             "own_store_bytes_per_object": store / n,
-            "vectors_bytes_per_object": {m: int(np.load(index._file(index.info["files"]["vectors"][m]),
-                                                        mmap_mode="r").shape[1]) * 4 for m in index.modalities}}
+            "vectors_bytes_per_object": {m: 4 * int(index.info["dims"][m]) for m in index.modalities}}
 
 
 def evaluate_index(path: str | Path, pairs: Sequence[str] | None = None, split: str | None = None,
