@@ -60,7 +60,7 @@ def kernels(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("channels, widths", [(3, [64]), (64, [128]), (5, [16, 24]), (3, [64, 128])])
+@pytest.mark.parametrize("channels, widths", [(3, [64]), (64, [128]), (5, [16, 24]), (3, [64, 128]), (4, [16, 24, 8])])
 @pytest.mark.parametrize("training", [False, True])
 def test_edgeconv_fast_equals_plain(channels, widths, training, kernels):
     """Same input and graph: outputs, input and parameter gradients, BN running statistics."""

@@ -12,9 +12,18 @@ import torch
 
 from pretext3d.cli import main
 from pretext3d.data.errors import DataFormatError
-from pretext3d.data.multimodal import ImageAugment, MultimodalDataset, PointAugment, crop_flip_ndc
+from pretext3d.data.multimodal import (
+    IMAGENET_STD,
+    ImageAugment,
+    MultimodalDataset,
+    PointAugment,
+    colour_jitter,
+    crop_flip_ndc,
+    normalize_image_batch,
+)
 from pretext3d.data.prepare import parse_shard, prepare, verify
 from pretext3d.data.store import StoreSettings, decode_images, encode_images, object_path, read_object
+from pretext3d.render.shading import LUMA
 from tests.tests_helpers import project_to_pixels, write_two_class_npz
 
 SMALL = StoreSettings(points=256, views=4, layout="dodecahedron", image_size=64, faces=128)
@@ -246,6 +255,46 @@ def test_augmented_points_still_project_into_augmented_masks(builtin_store):
             fractions.append(in_mask_fraction(item["points"].numpy(), item["view"][v].numpy(),
                                               item["proj"][v].numpy(), item["masks"][v].numpy()))
     assert np.mean(fractions) >= 0.99
+
+
+@pytest.mark.parametrize("factors", [(1.3, 0.7, 1.2), (0.6, 1.4, 0.0), (1.0, 1.0, 1.0)])
+def test_colour_jitter_equals_the_three_steps_in_turn(factors):
+    """The closed form against brightness, contrast and saturation applied one after the other
+    in float64 (clipped once at the end), on an image with saturated and dark pixels."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(17, 23, 3), dtype=np.uint8)
+    pixels[0, :5] = 255
+    b, c, s = factors
+    luma = np.array(LUMA)
+    x = pixels / 255.0 * b
+    mean = (x @ luma).mean()
+    x = (x - mean) * c + mean
+    grey = (x @ luma)[..., None]
+    expected = np.clip((x - grey) * s + grey, 0, 1) * 255
+    got = colour_jitter(pixels, factors)
+    assert got.dtype == np.float32 and got.shape == pixels.shape
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.4])
+def test_uint8_images_normalised_on_the_device_equal_the_float_path(builtin_store, jitter):
+    """Same draws (crop, flip, views, points); pixels equal to float rounding, and within half a
+    grey level (0.5 / 255 / std) where colour jitter is rounded back to uint8."""
+    augment = ImageAugment(brightness=jitter, contrast=jitter, saturation=jitter)
+    kwargs = dict(split="train", num_points=64, views_per_sample=2, image_size=40, image_augment=augment, seed=3)
+    as_float = MultimodalDataset(builtin_store, **kwargs)
+    as_pixels = MultimodalDataset(builtin_store, image_dtype="uint8", **kwargs)
+    batch_f = torch.utils.data.default_collate([as_float[i] for i in range(4)])
+    raw = torch.utils.data.default_collate([as_pixels[i] for i in range(4)])
+    assert raw["images"].dtype == torch.uint8 and raw["images"].shape == batch_f["images"].shape
+    batch_u = as_pixels.on_device(raw)
+    assert batch_u["images"].dtype == torch.float32
+    tolerance = 1e-5 if jitter == 0 else 0.5 / 255 / min(IMAGENET_STD) + 1e-5
+    assert float((batch_u["images"] - batch_f["images"]).abs().max()) <= tolerance
+    for key in ("points", "view", "proj", "masks", "view_index"):
+        torch.testing.assert_close(batch_u[key], batch_f[key])
+    assert normalize_image_batch(batch_f) is batch_f  # float batches pass through unchanged
+    with pytest.raises(ValueError, match="image_dtype"):
+        MultimodalDataset(builtin_store, image_dtype="float16")
 
 
 def test_dataloader_with_two_workers_collates(builtin_store):

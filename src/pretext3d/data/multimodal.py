@@ -31,11 +31,13 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "normalize_pixels",
+    "normalize_image_batch",
     "ImageAugment",
     "MultimodalDataset",
     "PointAugment",
     "augment_cloud",
     "augmented_views",
+    "colour_jitter",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -190,15 +192,47 @@ def normalize_pixels(pixels: np.ndarray) -> np.ndarray:
     return (pixels - mean[:, None, None]) / std[:, None, None]
 
 
-def _colour_jitter(image: np.ndarray, rng: np.random.Generator, augment: ImageAugment) -> np.ndarray:
-    """image: (H, W, 3) float in [0, 1]."""
-    grey_weights = np.array(LUMA)
-    image = image * rng.uniform(1 - augment.brightness, 1 + augment.brightness)
-    mean = (image @ grey_weights).mean()
-    image = (image - mean) * rng.uniform(1 - augment.contrast, 1 + augment.contrast) + mean
-    grey = (image @ grey_weights)[..., None]
-    image = (image - grey) * rng.uniform(1 - augment.saturation, 1 + augment.saturation) + grey
-    return np.clip(image, 0, 1)
+def normalize_image_batch(batch: dict) -> dict:
+    """A batch whose ``images`` are uint8 (B, k, C, S, S) (``MultimodalDataset(image_dtype="uint8")``)
+    with them as ImageNet-normalised float32 on their own device (``normalize_pixels`` of x / 255);
+    other batches unchanged. Run after the copy to the GPU: it carries a quarter of the bytes."""
+    images = batch.get("images") if isinstance(batch, dict) else None
+    if images is None or images.dtype != torch.uint8:
+        return batch
+    channels = images.shape[-3]
+    mean = torch.tensor(IMAGENET_MEAN if channels == 3 else [float(np.mean(IMAGENET_MEAN))], device=images.device)
+    std = torch.tensor(IMAGENET_STD if channels == 3 else [float(np.mean(IMAGENET_STD))], device=images.device)
+    pixels = images.to(torch.float32).div_(255).sub_(mean[:, None, None]).div_(std[:, None, None])
+    return {**batch, "images": pixels}
+
+
+def _jitter_factors(rng: np.random.Generator, augment: ImageAugment) -> tuple[float, float, float]:
+    """Brightness, contrast and saturation factors (three draws, also when a range is empty, so
+    that the random stream of the following views does not depend on the settings)."""
+    return (rng.uniform(1 - augment.brightness, 1 + augment.brightness),
+            rng.uniform(1 - augment.contrast, 1 + augment.contrast),
+            rng.uniform(1 - augment.saturation, 1 + augment.saturation))
+
+
+def colour_jitter(pixels: np.ndarray, factors: tuple[float, float, float]) -> np.ndarray:
+    """Brightness b, contrast c and saturation s applied in turn to pixels (H, W, 3) uint8, as
+    float32 in [0, 255] (clipped once, at the end):
+
+        x1 = b x;  x2 = c (x1 - m) + m, m = mean grey(x1);  x3 = s x2 + (1 - s) grey(x2)
+
+    with grey the luma-weighted sum of the channels. All three are affine in x, so
+    x3 = s c b x + (1 - s) c b grey(x) + (1 - c) m: two passes over the image instead of six in
+    float64 (4.6 -> {} ms per 224-pixel view, benchmarks/bench_data_path.py).
+    """
+    brightness, contrast, saturation = factors
+    image = pixels.astype(np.float32)
+    grey = image @ np.asarray(LUMA, np.float32)  # (H, W)
+    mean = brightness * float(grey.mean())
+    scale = saturation * contrast * brightness
+    offset = (1 - saturation) * contrast * brightness * grey + (1 - contrast) * mean
+    image *= scale
+    image += offset[..., None]
+    return np.clip(image, 0, 255, out=image)
 
 
 class MultimodalDataset(Dataset):
@@ -216,7 +250,10 @@ class MultimodalDataset(Dataset):
     farthest-point order, so any prefix is well spread; default all); point_sampling: "first"
     (those first N) or "random" (N of all stored points, uniformly, new each epoch); views_per_sample: k
     views drawn without replacement; image_size: output side S (default the stored size);
-    point_augment / image_augment: None for none (evaluation). The mesh features are returned
+    point_augment / image_augment: None for none (evaluation); image_dtype "uint8": images
+    stay (k, C, S, S) uint8 pixels (a colour-jittered image rounded back to uint8), a quarter of
+    the bytes through the loader and to the GPU, normalised there by ``normalize_image_batch``
+    (the trainer calls the dataset's ``on_device``). The mesh features are returned
     as stored (MeshNet's own augmentation, if wanted, belongs to the method using them).
     """
 
@@ -234,8 +271,12 @@ class MultimodalDataset(Dataset):
         seed: int = 0,
         point_views: int = 1,
         point_sampling: str = "first",
+        image_dtype: str = "float32",
     ):
         self.root = Path(root)
+        if image_dtype not in ("float32", "uint8"):
+            raise ValueError(f"image_dtype must be float32 or uint8, got {image_dtype!r}")
+        self.image_dtype = image_dtype
         if point_sampling not in POINT_SAMPLING:
             raise ValueError(f"point_sampling must be one of {', '.join(POINT_SAMPLING)}, got {point_sampling!r}")
         self.point_sampling = point_sampling
@@ -268,6 +309,10 @@ class MultimodalDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def on_device(self, batch: dict) -> dict:
+        """Finish a collated batch on its device: uint8 images become normalised float32."""
+        return normalize_image_batch(batch) if self.normalize else batch
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         entry = self.entries[i]
@@ -306,24 +351,29 @@ class MultimodalDataset(Dataset):
             box = random_crop_box(rng, height, width, augment) if augment else (0.0, 0.0, float(width), float(height))
             flip = bool(augment and augment.flip and rng.random() < 0.5)
             pil_box = (box[0], box[1], box[0] + box[2], box[1] + box[3])
-            image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=pil_box), np.float64) / 255
+            image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=pil_box))
             # bilinear and "> 0": a pixel is in the mask when any covered pixel touches it, so a
             # point on a one-pixel-thin part stays inside after the crop is resampled
             coverage = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR, box=pil_box)
             mask = np.asarray(coverage) > 0
             if flip:
                 image, mask = image[:, ::-1], mask[:, ::-1]
-            if augment and image.ndim == 3:
-                image = _colour_jitter(image, rng, augment)
+            factors = _jitter_factors(rng, augment) if augment and image.ndim == 3 else (1.0, 1.0, 1.0)
+            if factors != (1.0, 1.0, 1.0):
+                image = colour_jitter(image, factors)
+                image = np.rint(image).astype(np.uint8) if self.image_dtype == "uint8" else image / 255
+            elif self.image_dtype == "float32":
+                image = image / np.float32(255)
             out_images.append(image if image.ndim == 3 else image[..., None])
             out_masks.append(mask)
             projections.append(crop_flip_ndc(box, height, width, flip) @ arrays["proj"][v])
         pixels = np.stack(out_images).transpose(0, 3, 1, 2)  # (k, C, S, S)
-        if self.normalize:
+        if self.image_dtype == "float32" and self.normalize:
             pixels = normalize_pixels(pixels)
         views = arrays["view"][chosen].astype(np.float64) @ np.linalg.inv(affine)
         return {
-            "images": torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)),
+            "images": torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32 if self.image_dtype == "float32"
+                                                            else np.uint8)),
             "masks": torch.from_numpy(np.stack(out_masks).astype(bool)),
             "view": torch.from_numpy(views.astype(np.float32)),
             "proj": torch.from_numpy(np.stack(projections).astype(np.float32)),

@@ -46,6 +46,7 @@ from pretext3d.engine.checkpoint import CHECKPOINT_FORMAT, remove_unfinished_che
 from pretext3d.engine.sync_bn import convert_batchnorm
 from pretext3d.utils.device import init_distributed, rank_and_world, resolve_device
 from pretext3d.utils.io import atomic_write_json, atomic_write_text, save_tensors
+from pretext3d.utils.memory import keep_freed_memory
 from pretext3d.utils.state import load_unique_state_dict, unique_state_dict
 
 __all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "Trainer", "learning_rate", "batch_indices"]
@@ -85,6 +86,7 @@ class TrainConfig:
     device: str = "auto"
     tensorboard: bool = False  # also log the metrics to out/tensorboard (needs the tensorboard package)
     validate_every: int = 0  # steps between calls of the Trainer's ``validate`` (0: never); also after the last step
+    keep_freed_memory: bool = True  # malloc keeps freed host memory for the next step (utils.memory)
 
 
 def learning_rate(step: int, optim: OptimConfig, schedule: ScheduleConfig, total_steps: int) -> float:
@@ -224,6 +226,8 @@ class Trainer:
     ``validate(method, step)`` every ``config.validate_every`` steps and after the last one, on
     every process; it returns scalars that are logged (``val_<name>``) and written to
     metrics.jsonl. Fine-tuning uses it to keep the weights that do best on a validation split.
+    A dataset with an ``on_device(batch)`` method finishes each batch there after the copy to
+    the device (MultimodalDataset: uint8 images normalised on the GPU).
     """
 
     def __init__(self, method: nn.Module, dataset: Dataset, config: TrainConfig, out: str | Path,
@@ -325,6 +329,8 @@ class Trainer:
         than the checkpoint's step is refused (a run can be extended, not shortened).
         """
         config = self.config
+        if config.keep_freed_memory:
+            keep_freed_memory()
         self.out.mkdir(parents=True, exist_ok=True)
         method = self.method.to(self.device)
         model: nn.Module = method
@@ -370,6 +376,8 @@ class Trainer:
         self._waited, asked = 0.0, time.perf_counter()  # seconds spent waiting for batches
         self._board = self._tensorboard(start) if self.rank == 0 and config.tensorboard else None
         metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
+        # a dataset may finish its batches on the device (MultimodalDataset: uint8 images -> normalised float)
+        finish_on_device = getattr(self.dataset, "on_device", None)
         try:
             for step, batch in enumerate(loader, start=start):
                 self._waited += time.perf_counter() - asked
@@ -377,6 +385,8 @@ class Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 batch = _to_device(batch, self.device)
+                if finish_on_device is not None:
+                    batch = finish_on_device(batch)
                 with torch.autocast(self.device.type, enabled=use_amp):
                     outputs = model(batch)
                 loss = outputs["loss"]

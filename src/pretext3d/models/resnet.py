@@ -125,8 +125,12 @@ class ResNet(nn.Module):
         return super().train(mode and not getattr(self, "frozen", False))
 
     def forward(self, images: Tensor) -> ImageFeatures:
+        # channels-last activations (the weights keep their layout): oneDNN's convolutions run
+        # 1.22x faster forward + backward for ResNet-18 at 96 px, batch 64, on 2 CPU cores
+        # (equal at 224 px, batch 16); ``local`` is returned contiguous as before
+        images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
-        local = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        local = self.layer4(self.layer3(self.layer2(self.layer1(x)))).contiguous()
         pooled = torch.flatten(self.avgpool(local), 1)
         return ImageFeatures(pooled, local, self.fc(pooled) if self.fc is not None else None)
 
