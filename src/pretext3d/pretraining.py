@@ -30,7 +30,8 @@ from pretext3d.utils.lock import folder_lock
 __all__ = ["pretrain", "check_run_folder", "FREE_ON_RESUME", "EXTENDS"]
 
 # recipe keys that do not change what is computed: a resumed run may set them differently
-FREE_ON_RESUME = frozenset({"log_every", "tensorboard", "num_workers", "checkpoint_every", "keep_checkpoints", "device"})
+FREE_ON_RESUME = frozenset({"log_every", "tensorboard", "num_workers", "checkpoint_every", "keep_checkpoints", "device",
+                            "keep_freed_memory"})
 # the run's length: a resumed run may ask for more (it is extended; the trainer states the schedule rule)
 EXTENDS = frozenset({"steps", "epochs"})
 

@@ -3,11 +3,12 @@
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh ``mmap``
 and unmaps it on free, so each large tensor a training step creates (DGCNN's (B, N, k, C) edge
 tensors, a ResNet's activations) comes back as untouched pages: the kernel zero-fills them one
-page fault at a time. On the 2-core test machine that page-fault work took about half of a
-two-layer EdgeConv block's training step (B 16, N 1024, k 20, C 64: 1.06 s with the default,
-0.46 s kept) and 19-60% of the CPU recipes' steps (docs/benchmarks.md). Telling malloc to never
-use mmap and never trim the heap's top makes freed blocks reusable by the next step; the price
-is that the process keeps its high-water mark (peak RSS 15-40% higher on those recipes).
+page fault at a time. On the 2-core development machine that page-fault work was more than half
+of a two-layer EdgeConv block's training step (B 16, N 1024, k 20, C 64: 1.06 s with glibc's
+defaults, 0.46 s with freed memory kept); the CPU recipes' steps are in docs/benchmarks.md.
+Telling malloc to never use mmap and never trim the heap's top makes freed blocks reusable by
+the next step; the price is that the process keeps its high-water mark (peak RSS 8-57% higher
+on the CPU recipes).
 
 A no-op where the C library is not glibc (macOS, musl) or lacks ``mallopt``.
 """
