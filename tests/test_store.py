@@ -293,6 +293,11 @@ def test_uint8_images_normalised_on_the_device_equal_the_float_path(builtin_stor
     for key in ("points", "view", "proj", "masks", "view_index"):
         torch.testing.assert_close(batch_u[key], batch_f[key])
     assert normalize_image_batch(batch_f) is batch_f  # float batches pass through unchanged
+    kwargs.update(normalize=False)
+    unit = MultimodalDataset(builtin_store, **kwargs)[0]["images"]
+    raw_unit = MultimodalDataset(builtin_store, image_dtype="uint8", **kwargs)
+    finished = raw_unit.on_device({"images": raw_unit[0]["images"]})["images"]
+    assert float((finished - unit).abs().max()) <= (1e-6 if jitter == 0 else 0.5 / 255 + 1e-6)
     with pytest.raises(ValueError, match="image_dtype"):
         MultimodalDataset(builtin_store, image_dtype="float16")
 

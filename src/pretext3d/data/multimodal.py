@@ -192,13 +192,16 @@ def normalize_pixels(pixels: np.ndarray) -> np.ndarray:
     return (pixels - mean[:, None, None]) / std[:, None, None]
 
 
-def normalize_image_batch(batch: dict) -> dict:
+def normalize_image_batch(batch: dict, normalize: bool = True) -> dict:
     """A batch whose ``images`` are uint8 (B, k, C, S, S) (``MultimodalDataset(image_dtype="uint8")``)
-    with them as ImageNet-normalised float32 on their own device (``normalize_pixels`` of x / 255);
-    other batches unchanged. Run after the copy to the GPU: it carries a quarter of the bytes."""
+    with them as float32 on their own device: ImageNet-normalised (``normalize_pixels`` of
+    x / 255), or x / 255 with ``normalize=False``; other batches unchanged. Run after the copy to
+    the GPU: it carries a quarter of the bytes."""
     images = batch.get("images") if isinstance(batch, dict) else None
     if images is None or images.dtype != torch.uint8:
         return batch
+    if not normalize:
+        return {**batch, "images": images.to(torch.float32).div_(255)}
     channels = images.shape[-3]
     mean = torch.tensor(IMAGENET_MEAN if channels == 3 else [float(np.mean(IMAGENET_MEAN))], device=images.device)
     std = torch.tensor(IMAGENET_STD if channels == 3 else [float(np.mean(IMAGENET_STD))], device=images.device)
@@ -311,8 +314,9 @@ class MultimodalDataset(Dataset):
         self.epoch = epoch
 
     def on_device(self, batch: dict) -> dict:
-        """Finish a collated batch on its device: uint8 images become normalised float32."""
-        return normalize_image_batch(batch) if self.normalize else batch
+        """Finish a collated batch on its device: uint8 images become float32 as the float path
+        gives them (normalised, or in [0, 1] with ``normalize=False``)."""
+        return normalize_image_batch(batch, self.normalize)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         entry = self.entries[i]

@@ -26,7 +26,7 @@ _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_MAX = -4
 _TOP_PAD_BYTES = 64 << 20  # grow the heap in 64 MiB steps: fewer brk calls
-_NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int)
+_NEVER_TRIM = 2**31 - 1  # mallopt takes an int: the heap's top is given back only above 2 GiB free
 
 
 @functools.lru_cache(maxsize=1)
