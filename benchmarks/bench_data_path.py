@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import run_json_child
+
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_RECIPES = ("crosspoint_dgcnn", "picpoint_dgcnn", "picpoint_pointnext", "cmcv", "mims", "parae", "parae_dgcnn")
 # (label, function names whose cumulative time is the stage's)
@@ -100,7 +102,6 @@ def measure(name: str, store: str, samples: int, work: Path) -> dict:
         item = dataset[i % len(dataset)]
     profile.disable()
     seconds = (time.perf_counter() - began) / count
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     return {"recipe": name, "batch_size": recipe["batch_size"], "num_workers": recipe["num_workers"],
             "points": recipe["data_options"]["points"], "image_size": recipe["data_options"]["image_size"],
             "views_per_sample": int(item["images"].shape[0]) if "images" in item else 0,
@@ -118,17 +119,8 @@ def workers_needed(row: dict, tflops: float) -> tuple[float, int]:
 
 def _run_one(name: str, args: argparse.Namespace, src: str | None) -> dict | None:
     """One recipe measured in a fresh process (with the package in ``src`` when given)."""
-    import os
-    import subprocess
-
     command = [sys.executable, __file__, args.store, "--one", name, "--samples", str(args.samples), "--work", args.work]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))} if src else None
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:  # one recipe's failure is reported, the others go on
-        print(f"{name}: failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}",
-              file=sys.stderr)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json_child(command, src, name)
 
 
 def main() -> None:

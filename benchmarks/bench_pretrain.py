@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import run_json_child
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "src" / "pretext3d" / "recipes"
@@ -138,16 +139,9 @@ def profile_recipe(name: str, overrides: list[str], steps: int, work: Path, ops:
 
 def _run_one(name: str, args: argparse.Namespace, src: str | None) -> dict | None:
     """One recipe's profile in a fresh process (with the package in ``src`` when given)."""
-    import os
-
     command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--work", args.work,
                "--ops", str(args.ops), "--set", *args.set]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))} if src else None
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        print(f"{name:25s} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json_child(command, src, f"{name:25s}")
 
 
 def _print_row(label: str, row: dict) -> None:

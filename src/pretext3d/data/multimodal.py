@@ -186,10 +186,15 @@ def crop_flip_ndc(box: tuple[float, float, float, float], height: int, width: in
 def normalize_pixels(pixels: np.ndarray) -> np.ndarray:
     """pixels (..., C, S, S) in [0, 1] -> ImageNet-normalised: (x - mean_c) / std_c for RGB
     (C = 3); grey images (C = 1) use the means of the three channels' mean and std."""
-    channels = pixels.shape[-3]
-    mean = np.asarray(IMAGENET_MEAN if channels == 3 else [np.mean(IMAGENET_MEAN)], dtype=pixels.dtype)
-    std = np.asarray(IMAGENET_STD if channels == 3 else [np.mean(IMAGENET_STD)], dtype=pixels.dtype)
+    mean, std = (np.asarray(v, dtype=pixels.dtype) for v in _imagenet_stats(pixels.shape[-3]))
     return (pixels - mean[:, None, None]) / std[:, None, None]
+
+
+def _imagenet_stats(channels: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std: ImageNet's for RGB, their means for one grey channel."""
+    if channels == 3:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return [float(np.mean(IMAGENET_MEAN))], [float(np.mean(IMAGENET_STD))]
 
 
 def normalize_image_batch(batch: dict, normalize: bool = True) -> dict:
@@ -202,9 +207,7 @@ def normalize_image_batch(batch: dict, normalize: bool = True) -> dict:
         return batch
     if not normalize:
         return {**batch, "images": images.to(torch.float32).div_(255)}
-    channels = images.shape[-3]
-    mean = torch.tensor(IMAGENET_MEAN if channels == 3 else [float(np.mean(IMAGENET_MEAN))], device=images.device)
-    std = torch.tensor(IMAGENET_STD if channels == 3 else [float(np.mean(IMAGENET_STD))], device=images.device)
+    mean, std = (torch.tensor(v, device=images.device) for v in _imagenet_stats(images.shape[-3]))
     pixels = images.to(torch.float32).div_(255).sub_(mean[:, None, None]).div_(std[:, None, None])
     return {**batch, "images": pixels}
 
