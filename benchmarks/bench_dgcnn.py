@@ -1,6 +1,9 @@
 """DGCNN: our EdgeConv against the plain form of the paper, same weights and inputs, one run.
 
-Measures, for B=16, N=1024, k=20, emb_dims=1024 (override with flags):
+Measures, for B=16, N=1024, k=20, emb_dims=1024 (override with flags), the classification
+network or (``--network dgcnn-seg``) the point-wise one whose first two EdgeConv blocks have two
+layers each (as the composed and ParAE-with-DGCNN recipes build it: no input transform, 32
+outputs; the training loss then also takes the point-wise outputs):
   * eval forward time and a training step (forward + backward + SGD step), medians of repeats
     taken alternately (ours, plain, ours, ...) so that the machine's drift hits both;
   * peak resident memory of each (a fresh child process per variant; RSS above the baseline
@@ -27,16 +30,20 @@ import torch
 from _common import timed, timed_pair
 from pretext3d.geometry import knn
 from pretext3d.models import DGCNN
-from pretext3d.models.dgcnn import plain_knn
+from pretext3d.models.dgcnn import DGCNNSeg, plain_knn
+from pretext3d.utils.memory import keep_freed_memory
 
 OUT = Path(__file__).resolve().parents[1] / "bench_out"
 
 
-def make_model(args: argparse.Namespace, impl: str) -> DGCNN:
+def make_model(args: argparse.Namespace, impl: str) -> DGCNN | DGCNNSeg:
     """Same weights for every variant: a seeded init with non-trivial BatchNorm statistics
     (some negative scales, so the max-before-BN path is exercised)."""
     torch.manual_seed(0)
-    model = DGCNN(k=args.k, emb_dims=args.emb_dims, impl=impl)
+    if args.network == "dgcnn-seg":
+        model = DGCNNSeg(num_outputs=32, num_categories=0, k=args.k, emb_dims=args.emb_dims, transform=False, impl=impl)
+    else:
+        model = DGCNN(k=args.k, emb_dims=args.emb_dims, impl=impl)
     g = torch.Generator().manual_seed(1)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm1d):
@@ -52,20 +59,23 @@ def make_points(batch: int, n: int, seed: int = 2) -> torch.Tensor:
     return torch.rand(batch, n, 3, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def train_step_fn(model: DGCNN, points: torch.Tensor):
+def train_step_fn(model: DGCNN | DGCNNSeg, points: torch.Tensor):
     opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
     model.train()
 
     def step():
         opt.zero_grad(set_to_none=True)
         out = model(points)
-        out.global_.square().mean().backward()
+        loss = out.global_.square().mean()
+        if out.point_logits is not None:
+            loss = loss + out.point_logits.square().mean()
+        loss.backward()
         opt.step()
 
     return step
 
 
-def eval_fn(model: DGCNN, points: torch.Tensor):
+def eval_fn(model: DGCNN | DGCNNSeg, points: torch.Tensor):
     model.eval()
 
     def forward():
@@ -113,6 +123,7 @@ def child(args: argparse.Namespace) -> None:
 
 def measure_memory(args: argparse.Namespace, impl: str, mode: str, n: int = 0) -> int:
     cmd = [sys.executable, __file__, "--child-impl", impl, "--child-mode", mode, "--child-n", str(n),
+           "--network", args.network,
            "--batch", str(args.batch), "--points", str(args.points), "--k", str(args.k),
            "--emb-dims", str(args.emb_dims), "--threads", str(args.threads)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -121,12 +132,16 @@ def measure_memory(args: argparse.Namespace, impl: str, mode: str, n: int = 0) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--network", choices=["dgcnn", "dgcnn-seg"], default="dgcnn")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--points", type=int, default=1024)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--emb-dims", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats of ours and plain")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="time with freed memory kept for reuse, as the trainer runs (the memory "
+                             "children never do: they measure growth)")
     parser.add_argument("--child-impl", default="")
     parser.add_argument("--child-mode", default="eval")
     parser.add_argument("--child-n", type=int, default=0)
@@ -135,10 +150,12 @@ def main() -> None:
         child(args)
         return
     torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     fast, plain = make_model(args, "fast"), make_model(args, "plain")
     points = make_points(args.batch, args.points)
     result: dict[str, object] = {
-        "config": {"batch": args.batch, "points": args.points, "k": args.k, "emb_dims": args.emb_dims,
+        "config": {"network": args.network, "keep_freed_memory": args.keep_freed_memory, "batch": args.batch, "points": args.points, "k": args.k, "emb_dims": args.emb_dims,
                    "threads": args.threads, "torch": torch.__version__},
     }
     t_fast, t_plain = timed_pair(eval_fn(fast, points), eval_fn(plain, points), args.repeats)
@@ -163,9 +180,9 @@ def main() -> None:
         "fast_eval_peak_mem_bytes_B1_N8192": mem_8192,
     })
     OUT.mkdir(exist_ok=True)
-    (OUT / "dgcnn.json").write_text(json.dumps(result, indent=2))
+    (OUT / ("dgcnn.json" if args.network == "dgcnn" else "dgcnn_seg.json")).write_text(json.dumps(result, indent=2))
     mib = 2**20
-    print(f"DGCNN B={args.batch} N={args.points} k={args.k} emb={args.emb_dims} threads={args.threads}")
+    print(f"{args.network} B={args.batch} N={args.points} k={args.k} emb={args.emb_dims} threads={args.threads}")
     print(f"{'':22s}{'ours':>10s}{'plain':>10s}{'ratio':>9s}")
     print(f"{'eval forward (s)':22s}{t_fast:10.3f}{t_plain:10.3f}{t_plain / t_fast:8.1f}x")
     print(f"{'train step (s)':22s}{s_fast:10.3f}{s_plain:10.3f}{s_plain / s_fast:8.1f}x")

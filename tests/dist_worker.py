@@ -11,25 +11,36 @@ import torch.distributed as dist
 
 from pretext3d.eval import extract_features
 from pretext3d.engine.sync_bn import convert_batchnorm
-from pretext3d.models import DGCNN, PointNet
+from pretext3d.models import DGCNN, DGCNNSeg, PointNet
 from pretext3d.pretext import NTXentLoss
 from pretext3d.utils.device import finish_distributed
 from tests_helpers import tiny_clouds
 
 
-def dgcnn_step(rows: slice, impl: str = "fast") -> dict[str, np.ndarray]:
+def dgcnn_step(rows: slice, impl: str = "fast", segmentation: bool = False) -> dict[str, np.ndarray]:
     """A train-mode DGCNN (BatchNorm over the global batch) on this process's rows of a fixed
-    batch: global features, input gradients and parameter gradients of sum(features^2)."""
+    batch: global features, input gradients and parameter gradients of sum(features^2) (plus
+    sum(point outputs^2) for the point-wise network, whose blocks have two layers).
+    Keys are prefixed with the impl (and ``seg_`` for the point-wise network)."""
     torch.manual_seed(0)
-    net = convert_batchnorm(DGCNN(k=4, emb_dims=8)).train()
+    if segmentation:
+        net = DGCNNSeg(num_outputs=4, num_categories=0, k=4, emb_dims=8, transform=False, dropout=0.0)
+    else:
+        net = DGCNN(k=4, emb_dims=8)
+    net = convert_batchnorm(net).train()
     net.impl = impl
     x = torch.randn(8, 24, 3, generator=torch.Generator().manual_seed(2))[rows].clone().requires_grad_()
-    features = net(x).global_
-    features.square().sum().backward()
+    out = net(x)
+    features = out.global_
+    loss = features.square().sum()
+    if segmentation:
+        loss = loss + out.point_logits.square().sum()
+    loss.backward()
     grads = {f"param_{name}": p.grad.numpy() for name, p in net.named_parameters()}
     stats = {f"buffer_{name}": b.numpy() for name, b in net.named_buffers() if "running" in name}
     result = {"dgcnn_features": features.detach().numpy(), "dgcnn_input_grad": x.grad.numpy(), **grads, **stats}
-    return {f"{impl}_{k}": v for k, v in result.items()}
+    tag = f"{impl}_seg" if segmentation else impl
+    return {f"{tag}_{k}": v for k, v in result.items()}
 
 
 def main(out: str) -> None:
@@ -44,7 +55,8 @@ def main(out: str) -> None:
     local0 = z0[rows].clone().requires_grad_()
     loss = NTXentLoss(0.2, gather_distributed=True)(local0, z1[rows])
     loss.backward()
-    dgcnn = {**dgcnn_step(rows, "fast"), **dgcnn_step(rows, "plain")}
+    dgcnn = {**dgcnn_step(rows, "fast"), **dgcnn_step(rows, "plain"),
+             **dgcnn_step(rows, "fast", segmentation=True), **dgcnn_step(rows, "plain", segmentation=True)}
     np.savez(f"{out}_rank{rank}.npz", features=feats.features, indices=feats.indices, loss=loss.item(),
              grad=local0.grad.numpy(), **dgcnn)
     finish_distributed()

@@ -46,17 +46,18 @@ def test_two_processes_match_one(tmp_path):
     grads = np.concatenate([r["grad"] for r in ranks]) / 2
     np.testing.assert_allclose(grads, z0.grad.numpy(), rtol=1e-4, atol=1e-6)
 
-    # DGCNN's EdgeConv statistics span both processes (fast and plain EdgeConv): the same
-    # features, gradients and running statistics as one process on the whole batch (parameter
-    # gradients: the sum of the processes')
-    for impl in ("fast", "plain"):
-        single = dgcnn_step(slice(0, 8), impl)
-        for key in (f"{impl}_dgcnn_features", f"{impl}_dgcnn_input_grad"):
+    # DGCNN's EdgeConv statistics span both processes (fast and plain EdgeConv; one-layer blocks
+    # and the point-wise network's two-layer ones): the same features, gradients and running
+    # statistics as one process on the whole batch (parameter gradients: the sum of the processes')
+    for impl, segmentation in (("fast", False), ("plain", False), ("fast", True), ("plain", True)):
+        single = dgcnn_step(slice(0, 8), impl, segmentation)
+        tag = f"{impl}_seg" if segmentation else impl
+        for key in (f"{tag}_dgcnn_features", f"{tag}_dgcnn_input_grad"):
             np.testing.assert_allclose(np.concatenate([r[key] for r in ranks]), single[key], rtol=1e-4, atol=1e-5,
                                        err_msg=key)
-        for key in (k for k in single if k.startswith(f"{impl}_param_")):
+        for key in (k for k in single if k.startswith(f"{tag}_param_")):
             scale = float(np.abs(single[key]).max())  # float32 sums in another order: relative to the largest entry
             np.testing.assert_allclose(ranks[0][key] + ranks[1][key], single[key], rtol=1e-4, atol=1e-5 * scale,
                                        err_msg=key)
-        for key in (k for k in single if k.startswith(f"{impl}_buffer_")):
+        for key in (k for k in single if k.startswith(f"{tag}_buffer_")):
             np.testing.assert_allclose(ranks[0][key], single[key], rtol=1e-4, atol=1e-6, err_msg=key)

@@ -100,6 +100,49 @@ def test_gather_reductions_and_gradients(backend, reduce):
     torch.testing.assert_close(fast_in.grad, ref_in.grad, rtol=0, atol=1e-12)
 
 
+def test_gather_add_leaky_relu_and_gradients(backend):
+    """Against the definition leaky(values[idx] + centres) written out, with repeated neighbours
+    (a point several times in one neighbourhood) and values exactly 0 at the kink."""
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(2, 30, 9, generator=g, dtype=torch.float64)
+    values[0, :5] = 0.0
+    centres = torch.randn(2, 17, 9, generator=g, dtype=torch.float64)
+    centres[0] = 0.0
+    idx = torch.randint(0, 30, (2, 17, 5), generator=g)
+    idx[1, 3] = 4  # one point five times in one neighbourhood
+    fast_values, fast_centres = values.clone().requires_grad_(), centres.clone().requires_grad_()
+    ref_values, ref_centres = values.clone().requires_grad_(), centres.clone().requires_grad_()
+    fast = neighbors.gather_add_leaky_relu(fast_values, fast_centres, idx, 0.2)
+    pre = brute_gather(ref_values, idx) + ref_centres.unsqueeze(2)
+    ref = torch.where(pre > 0, pre, 0.2 * pre)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+    weights = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    (fast * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(fast_values.grad, ref_values.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast_centres.grad, ref_centres.grad, rtol=0, atol=1e-12)
+
+
+def test_edge_max_and_moments_and_gradients(backend):
+    """Against the definition: the winner of sign * e over k (max for +1, min for -1), the sums
+    of e and e^2 over every edge; gradients of all three against autograd of the written-out form."""
+    g = torch.Generator().manual_seed(4)
+    edges = torch.randn(3, 11, 7, 5, generator=g, dtype=torch.float64)
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
+    fast_in, ref_in = edges.clone().requires_grad_(), edges.clone().requires_grad_()
+    best, total, total_sq = neighbors.edge_max_and_moments(fast_in, sign)
+    winners = torch.where(sign > 0, ref_in.max(dim=2).values, ref_in.min(dim=2).values)
+    torch.testing.assert_close(best, winners, rtol=0, atol=0)
+    torch.testing.assert_close(total, ref_in.sum(dim=(0, 1, 2)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(total_sq, (ref_in**2).sum(dim=(0, 1, 2)), rtol=1e-12, atol=1e-12)
+    assert total.dtype == total_sq.dtype == torch.float64
+    w_best = torch.randn(best.shape, generator=g, dtype=torch.float64)
+    w_sum, w_sq = torch.randn(5, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    ((best * w_best).sum() + (total * w_sum).sum() + (total_sq * w_sq).sum()).backward()
+    ((winners * w_best).sum() + (ref_in.sum(dim=(0, 1, 2)) * w_sum).sum() + ((ref_in**2).sum(dim=(0, 1, 2)) * w_sq).sum()).backward()
+    torch.testing.assert_close(fast_in.grad, ref_in.grad, rtol=1e-12, atol=1e-12)
+
+
 def test_neighbour_counts():
     idx = torch.tensor([[[0, 1], [1, 2], [1, 0]], [[2, 2], [0, 2], [1, 2]]])
     assert neighbour_counts(idx, 3).tolist() == [[2, 3, 1], [1, 1, 4]]

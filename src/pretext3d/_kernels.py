@@ -9,7 +9,12 @@ k=20; see ``benchmarks/bench_dgcnn.py``):
 * gather-max over neighbours: ``values[idx].amax(2)`` materialises (B, N, k, C) and takes
   ~160 ms at C=256 (~30 ms when chunked); the fused loop takes ~5 ms;
 * exact farthest point sampling: a loop in numba beats both a torch loop and ``fpsample``
-  (``benchmarks/bench_fps.py``).
+  (``benchmarks/bench_fps.py``);
+* the two-layer EdgeConv blocks of the point-wise DGCNN in training: the first layer's
+  activated edges in one gather (``gather_add_leaky``, its backward without a (B, N, k, C)
+  gradient), the last layer's max over k and BatchNorm moments in one read
+  (``edge_max_and_moments``) and its adjoint in one write, instead of torch's separate gather,
+  add, BatchNorm, LeakyReLU and max passes and their backward passes over the edges.
 
 Every kernel has a pure-torch twin in the calling module; the tests check that both agree,
 and the torch twin is what runs on GPUs or when numba is unavailable (``PRETEXT3D_NO_NUMBA=1``).
@@ -246,13 +251,115 @@ if AVAILABLE:
                 for c in range(ch):
                     o[c] += src[c]
 
+    @njit(parallel=True, cache=True)
+    def gather_add_leaky(values, centres, idx, slope, out):  # pragma: no cover - compiled
+        """out[b, i, j, c] = leaky(values[b, idx[b, i, j], c] + centres[b, i, c]), where
+        leaky(v) = v for v > 0 and slope * v otherwise.
+
+        values: (B, N, C); centres: (B, M, C); idx: (B, M, k); out: (B, M, k, C).
+        """
+        nb, m, k = idx.shape
+        ch = values.shape[2]
+        for t in prange(nb * m):
+            b = t // m
+            i = t - b * m
+            ctr = centres[b, i]
+            for j in range(k):
+                src = values[b, idx[b, i, j]]
+                o = out[b, i, j]
+                for c in range(ch):
+                    v = src[c] + ctr[c]
+                    o[c] = v if v > 0 else v * slope
+
+    @njit(parallel=True, cache=True)
+    def leaky_grad_and_row_sum(grad, out, slope, grad_pre, grad_rows):  # pragma: no cover - compiled
+        """The gradient through a leaky ReLU from its output, and its sum over the k axis:
+        grad_pre = grad * (1 if out > 0 else slope);  grad_rows[b, i, c] = sum_j grad_pre[b, i, j, c].
+
+        grad, out, grad_pre: (B, M, k, C);  grad_rows: (B, M, C). (out > 0 exactly where the
+        input was > 0, so the output is enough.)
+        """
+        nb, m, k, ch = grad.shape
+        for t in prange(nb * m):
+            b = t // m
+            i = t - b * m
+            acc = grad_rows[b, i]
+            for c in range(ch):
+                acc[c] = 0.0
+            for j in range(k):
+                g = grad[b, i, j]
+                o = out[b, i, j]
+                gp = grad_pre[b, i, j]
+                for c in range(ch):
+                    v = g[c] if o[c] > 0 else g[c] * slope
+                    gp[c] = v
+                    acc[c] += v
+
+    @njit(parallel=True, cache=True)
+    def edge_max_and_moments(edges, sign, best, arg, partial_sum, partial_sq):  # pragma: no cover - compiled
+        """One read of edges (B, M, k, C): over the k axis, arg[b, i, c] = the first j with the
+        largest sign[c] * edges[b, i, j, c] and best[b, i, c] = edges[b, i, arg, c]; and every
+        channel's sum and sum of squares, in float64, per block of rows: partial_sum,
+        partial_sq (n_blocks, C), to be added up by the caller.
+        """
+        nb, m, k, ch = edges.shape
+        rows = nb * m
+        n_blocks = partial_sum.shape[0]
+        for blk in prange(n_blocks):
+            ps = partial_sum[blk]
+            pq = partial_sq[blk]
+            for c in range(ch):
+                ps[c] = 0.0
+                pq[c] = 0.0
+            for r in range(blk * rows // n_blocks, (blk + 1) * rows // n_blocks):
+                b = r // m
+                i = r - b * m
+                e = edges[b, i]
+                bo = best[b, i]
+                a = arg[b, i]
+                for c in range(ch):
+                    v = e[0, c]
+                    bo[c] = v
+                    a[c] = 0
+                    ps[c] += v
+                    pq[c] += v * v
+                for j in range(1, k):
+                    for c in range(ch):
+                        v = e[j, c]
+                        ps[c] += v
+                        pq[c] += v * v
+                        if sign[c] * v > sign[c] * bo[c]:
+                            bo[c] = v
+                            a[c] = j
+
+    @njit(parallel=True, cache=True)
+    def edge_max_and_moments_grad(edges, arg, grad_best, grad_total, grad_total_sq, grad):  # pragma: no cover - compiled
+        """The adjoint of ``edge_max_and_moments`` in one write:
+        grad[b, i, j, c] = grad_total[c] + 2 grad_total_sq[c] edges[b, i, j, c]
+                           + (grad_best[b, i, c] if j == arg[b, i, c] else 0).
+        """
+        nb, m, k, ch = edges.shape
+        for t in prange(nb * m):
+            b = t // m
+            i = t - b * m
+            e = edges[b, i]
+            g = grad[b, i]
+            for j in range(k):
+                for c in range(ch):
+                    g[j, c] = grad_total[c] + 2.0 * grad_total_sq[c] * e[j, c]
+            a = arg[b, i]
+            gb = grad_best[b, i]
+            for c in range(ch):
+                g[a[c], c] += gb[c]
+
     @njit(cache=True)
-    def reverse_neighbourhoods(idx, n_points, offsets, sources):  # pragma: no cover - compiled
+    def reverse_neighbourhoods(idx, n_points, offsets, sources, per_edge=False):  # pragma: no cover - compiled
         """The transposed graph as CSR, by a counting sort of the edges on their target point.
 
         idx: (B, M, k) neighbours of M queries among n_points;  offsets: (B*n_points + 1,) and
         sources: (B*M*k,) outputs: the queries (as b*M + i) that have point q = b*n_points + p
-        as a neighbour are sources[offsets[q]:offsets[q+1]].
+        as a neighbour are sources[offsets[q]:offsets[q+1]]; with ``per_edge`` the edges
+        themselves, as (b*M + i)*k + j (rows of a (B*M*k, C) array of per-edge values).
         """
         nb, m, k = idx.shape
         offsets[:] = 0
@@ -267,7 +374,7 @@ if AVAILABLE:
             for i in range(m):
                 for j in range(k):
                     q = b * n_points + idx[b, i, j]
-                    sources[fill[q]] = b * m + i
+                    sources[fill[q]] = (b * m + i) * k + j if per_edge else b * m + i
                     fill[q] += 1
 
     @njit(parallel=True, cache=True)

@@ -25,8 +25,9 @@ Gradients flow through all of it (the max sends its gradient to the winning neig
 plain max does). Under torchrun the sums run over every process's batch (differentiable
 all-reduce), so the statistics are those of the global batch, as with SyncBatchNorm; the
 materialised and plain paths call the BatchNorm modules, which the trainer converts for DDP.
-Blocks with several convolutions before the max (DGCNN's segmentation network)
-use the split for the first convolution and materialise the later ones, chunked in eval mode.
+Blocks with several convolutions before the max (DGCNN's segmentation network) use the split
+and the per-point statistics for the first convolution, whose activated edges come from one
+fused gather (``gather_add_leaky_relu``), and materialise the later ones, chunked in eval mode.
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretext3d.geometry.neighbors import _CHUNK_BYTES, _gather_rows, gather_max, gather_sum, neighbour_counts
+from pretext3d.geometry.neighbors import (
+    _CHUNK_BYTES,
+    _gather_rows,
+    edge_max_and_moments,
+    gather_add_leaky_relu,
+    gather_max,
+    gather_sum,
+    neighbour_counts,
+)
 from pretext3d.models.layers import LEAKY_SLOPE, activation, bn_eval_affine, bn_update_factor
 from pretext3d.utils.device import all_reduce_with_grad, rank_and_world
 
@@ -69,6 +78,18 @@ def edge_batch_stats(y: Tensor, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]
     second = all_reduce_with_grad((counts * y0 * y0).sum(dim=(0, 1)) + 2 * (z0 * neighbour_sum).sum(dim=(0, 1))
                                   + k * (z0 * z0).sum(dim=(0, 1)))
     return y_bar + z_bar, (second / n_edges).clamp_min(0)
+
+
+def _train_affine(bn: nn.modules.batchnorm._BatchNorm, mean: Tensor, var: Tensor, n_edges: int) -> tuple[Tensor, Tensor]:
+    """A training BatchNorm as s x + t from the batch's mean and biased var (C,) over n_edges
+    values, with the running averages updated as the module would (unbiased variance)."""
+    factor = bn_update_factor(bn)
+    with torch.no_grad():
+        unbiased = var * (n_edges / max(n_edges - 1, 1))
+        bn.running_mean.mul_(1 - factor).add_(factor * mean.detach())
+        bn.running_var.mul_(1 - factor).add_(factor * unbiased.detach())
+    scale = bn.weight * torch.rsqrt(var + bn.eps)
+    return scale, bn.bias - mean * scale
 
 
 class EdgeConv(nn.Module):
@@ -128,39 +149,69 @@ class EdgeConv(nn.Module):
 
     def _forward_fast_train(self, x: Tensor, idx: Tensor) -> Tensor:
         """Batch statistics of the edge values from per-point sums, then the same folded form."""
-        bn = self.bns[0]
         y, z = self._split_first_layer(x)
-        mean, var = edge_batch_stats(y, z, idx)
-        n_edges = idx.numel() * rank_and_world()[1]  # every process's edges (same batch size each)
-        factor = bn_update_factor(bn)
-        with torch.no_grad():
-            unbiased = var * (n_edges / max(n_edges - 1, 1))
-            bn.running_mean.mul_(1 - factor).add_(factor * mean.detach())
-            bn.running_var.mul_(1 - factor).add_(factor * unbiased.detach())
-        scale = bn.weight * torch.rsqrt(var + bn.eps)
-        shift = bn.bias - mean * scale
+        scale, shift = self._first_affine(y, z, idx)
         return activation(gather_max(y * scale, idx) + (z * scale + shift), "leaky_relu")
 
+    def _first_affine(self, y: Tensor, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The first BatchNorm as s e + t on the edge values e_ij = y_j + z_i: in training from
+        the batch statistics of ``edge_batch_stats`` (and the running averages updated), else
+        the running ones. y, z: (B, N, O1); idx: (B, N, k) -> scale, shift: (O1,)."""
+        bn = self.bns[0]
+        if not bn.training:
+            return bn_eval_affine(bn)
+        mean, var = edge_batch_stats(y, z, idx)
+        return _train_affine(bn, mean, var, idx.numel() * rank_and_world()[1])
+
     def _forward_fast_stack(self, y: Tensor, z: Tensor, idx: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or any(bn.training for bn in self.bns):
-            return self._stack_tail(_gather_rows(y, idx) + z.unsqueeze(2))
+        """The first layer's edge activations act(s (y_j + z_i) + t) in one fused gather (its
+        statistics from per-point sums, as the one-layer form), then the later layers on the
+        (B, N, k, O) edges. Without gradients and with the later BatchNorms frozen, a bounded
+        number of points at a time."""
+        scale, shift = self._first_affine(y, z, idx)
+        y_scaled, z_shifted = y * scale, z * scale + shift
+        if torch.is_grad_enabled() or any(bn.training for bn in self.bns[1:]):
+            return self._stack_tail(gather_add_leaky_relu(y_scaled, z_shifted, idx, LEAKY_SLOPE))
         n_batch, n_points, k = idx.shape
         widest = max(b.num_features for b in self.bns)
         rows = max(1, _CHUNK_BYTES // max(1, n_batch * k * widest * y.element_size()))
         parts = []
         for s in range(0, n_points, rows):
-            edges = _gather_rows(y, idx[:, s : s + rows]) + z[:, s : s + rows].unsqueeze(2)
-            parts.append(self._stack_tail(edges))
+            first = gather_add_leaky_relu(y_scaled, z_shifted[:, s : s + rows], idx[:, s : s + rows], LEAKY_SLOPE)
+            parts.append(self._stack_tail(first))
         return torch.cat(parts, dim=1)
 
-    def _stack_tail(self, edges: Tensor) -> Tensor:
-        """Edges (B, M, k, O1) after the first linear map -> BN/act, later layers, max over k."""
-        h = edges
-        for layer_index, bn in enumerate(self.bns):
-            if layer_index > 0:
-                h = torch.matmul(h, self.layers[layer_index].weight.t())
-            h = activation(self._batch_norm_rows(bn, h), "leaky_relu")
+    def _stack_tail(self, first: Tensor) -> Tensor:
+        """The first layer's edge activations (B, M, k, O1) -> the later layers (linear, BN,
+        act), max over k: (B, M, O_last)."""
+        h = first
+        for layer, bn in zip(self.layers[1:-1], self.bns[1:-1]):
+            h = activation(self._batch_norm_rows(bn, torch.matmul(h, layer.weight.t())), "leaky_relu")
+        h, last = torch.matmul(h, self.layers[-1].weight.t()), self.bns[-1]
+        if last.training:
+            return self._last_layer_train(last, h)
+        h = activation(self._batch_norm_rows(last, h), "leaky_relu")
         return h.amax(dim=2) if not torch.is_grad_enabled() else h.max(dim=2).values
+
+    def _last_layer_train(self, bn: nn.BatchNorm1d, edges: Tensor) -> Tensor:
+        """max_j act(BN(e_ij)) of the last layer with batch statistics, without the normalised
+        and activated (B, M, k, O) tensors: BN is s e + t per channel and the activation is
+        increasing, so the max over j is attained at the winner of sign(s) e (sign(s) = sign of
+        BN's weight); its value and the statistics come from one read of the edges:
+            mean = sum e / n,  var = sum e^2 / n - mean^2   (float64 sums over the n edges)
+            out_i = act(s e_ij* + t),  s = weight / sqrt(var + eps),  t = bias - s mean.
+        edges: (B, M, k, O) -> (B, M, O).
+        """
+        sign = torch.where(bn.weight.detach() < 0, -1.0, 1.0).to(edges.dtype)
+        best, total, total_sq = edge_max_and_moments(edges, sign)
+        count = total.new_tensor([edges.numel() // edges.shape[-1]])
+        sums = all_reduce_with_grad(torch.cat([total, total_sq, count]))  # the global batch under torchrun
+        channels = edges.shape[-1]
+        n_edges = sums[-1]
+        mean = sums[:channels] / n_edges
+        var = (sums[channels:2 * channels] / n_edges - mean * mean).clamp_min(0)
+        scale, shift = _train_affine(bn, mean.to(edges.dtype), var.to(edges.dtype), int(n_edges))
+        return activation(best * scale + shift, "leaky_relu")
 
     def _batch_norm_rows(self, bn: nn.BatchNorm1d, h: Tensor) -> Tensor:
         """BatchNorm over all leading dimensions of (..., C) (BatchNorm2d on (B, C, N, k))."""
