@@ -14,7 +14,8 @@ k=20; see ``benchmarks/bench_dgcnn.py``):
   activated edges in one gather (``gather_add_leaky``, its backward without a (B, N, k, C)
   gradient), the last layer's max over k and BatchNorm moments in one read
   (``edge_max_and_moments``) and its adjoint in one write, instead of torch's separate gather,
-  add, BatchNorm, LeakyReLU and max passes and their backward passes over the edges.
+  add, BatchNorm, LeakyReLU and max passes and their backward passes over the edges: one
+  EdgeConv(64, [64, 64]) block forward + backward, B=16, 0.26 s against 0.46 s.
 
 Every kernel has a pure-torch twin in the calling module; the tests check that both agree,
 and the torch twin is what runs on GPUs or when numba is unavailable (``PRETEXT3D_NO_NUMBA=1``).
