@@ -189,7 +189,7 @@ def gather_add_leaky_relu(values: Tensor, centres: Tensor, idx: Tensor, slope: f
 
     values: (B, N, C);  centres: (B, M, C);  idx: (B, M, k)  ->  (B, M, k, C), differentiable in
     ``values`` and ``centres``. On CPU this is one fused pass (the gather, the sum and the
-    activation write one tensor instead of three, and the backward reads it once): the first
+    activation write one tensor instead of three; the backward writes one edge gradient): the first
     layer of a multi-layer EdgeConv block in training, where ``values`` and ``centres`` already
     carry BatchNorm's scale and shift.
     """

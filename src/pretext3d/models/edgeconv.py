@@ -210,7 +210,8 @@ class EdgeConv(nn.Module):
         n_edges = sums[-1]
         mean = sums[:channels] / n_edges
         var = (sums[channels:2 * channels] / n_edges - mean * mean).clamp_min(0)
-        scale, shift = _train_affine(bn, mean.to(edges.dtype), var.to(edges.dtype), int(n_edges))
+        stats_dtype = torch.promote_types(edges.dtype, torch.float32)  # half-precision edges: float32 statistics
+        scale, shift = _train_affine(bn, mean.to(stats_dtype), var.to(stats_dtype), int(n_edges))
         return activation(best * scale + shift, "leaky_relu")
 
     def _batch_norm_rows(self, bn: nn.BatchNorm1d, h: Tensor) -> Tensor:
