@@ -2,8 +2,8 @@
 
 Measures, for B=16, N=1024, k=20, emb_dims=1024 (override with flags), the classification
 network or (``--network dgcnn-seg``) the point-wise one whose first two EdgeConv blocks have two
-layers each (as the composed and ParAE-with-DGCNN recipes build it: no input transform, 32
-outputs; the training loss then also takes the point-wise outputs):
+layers each (as the composed recipe builds it: no input transform, 32 outputs; the training
+loss then also takes the point-wise outputs):
   * eval forward time and a training step (forward + backward + SGD step), medians of repeats
     taken alternately (ours, plain, ours, ...) so that the machine's drift hits both;
   * peak resident memory of each (a fresh child process per variant; RSS above the baseline
