@@ -202,7 +202,7 @@ class EdgeConv(nn.Module):
             out_i = act(s e_ij* + t),  s = weight / sqrt(var + eps),  t = bias - s mean.
         edges: (B, M, k, O) -> (B, M, O).
         """
-        sign = torch.where(bn.weight.detach() < 0, -1.0, 1.0).to(edges.dtype)
+        sign = torch.where(bn.weight.detach() < 0, -1.0, 1.0)  # edge_max_and_moments casts it
         best, total, total_sq = edge_max_and_moments(edges, sign)
         count = total.new_tensor([edges.numel() // edges.shape[-1]])
         sums = all_reduce_with_grad(torch.cat([total, total_sq, count]))  # the global batch under torchrun
