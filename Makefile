@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/bench_dgcnn.py
+	$(PY) benchmarks/bench_batchnorm_act.py
 	$(PY) benchmarks/bench_fps.py
 	$(PY) benchmarks/bench_render.py
 

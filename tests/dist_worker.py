@@ -30,7 +30,9 @@ def dgcnn_step(rows: slice, impl: str = "fast", segmentation: bool = False) -> d
     net = convert_batchnorm(net).train()
     net.impl = impl
     x = torch.randn(8, 24, 3, generator=torch.Generator().manual_seed(2))[rows].clone().requires_grad_()
-    out = net(x)
+    # the fast classification network as the pretext tasks call it, without per-point output (its
+    # last layer's BatchNorm, activation and pooling fused); the others with it
+    out = net(x) if segmentation else net(x, need_local=impl == "plain")
     features = out.global_
     loss = features.square().sum()
     if segmentation:

@@ -7,7 +7,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from pretext3d.models.layers import (
-    activation,
+    batch_norm_act,
     PointFeatures,
     PointwiseBlock,
     Pooling,
@@ -123,4 +123,4 @@ class PointNetPointwise(nn.Module):
         if block.linear.bias is not None:
             per_cloud = per_cloud + block.linear.bias
         y = (skip @ weight[:, : self.skip_dim].t() + per_cloud[:, None, :]).reshape(-1, weight.shape[0])
-        return activation(block.bn(y), block.act).view(*skip.shape[:2], -1)
+        return batch_norm_act(y, block.bn, block.act).view(*skip.shape[:2], -1)
