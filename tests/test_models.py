@@ -225,3 +225,17 @@ def test_edge_statistics_in_half_precision_do_not_overflow():
     assert var16.dtype == torch.float32 and torch.isfinite(var16).all()
     torch.testing.assert_close(var16, var32, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(mean16, mean32, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg", "max+avg"])
+def test_pointwise_decoder_sees_each_point_with_the_max_over_points(pooling):
+    """PointNetPointwise's decoder input is [skip feature ; max over points of the encoder output]
+    per point whatever the global pooling (DeepGMR / PointNet segmentation), written out here
+    with the concatenation."""
+    net = perturb_batchnorms(PointNetPointwise(num_outputs=5, encoder_widths=(8, 16), decoder_widths=(12,),
+                                               pooling=pooling, skip_layer=0)).eval()
+    x = cloud(2, 30)
+    skip = net.encoder[0](x)
+    encoded = net.encoder[1](skip)
+    joined = torch.cat([skip, encoded.amax(dim=1, keepdim=True).expand(-1, 30, -1)], dim=-1)
+    torch.testing.assert_close(net(x).point_logits, net.classifier(net.decoder[0](joined)), rtol=1e-5, atol=1e-5)

@@ -106,7 +106,9 @@ class PointNetPointwise(nn.Module):
         global_ = pool_points(x, self.pooling)
         if not need_local:
             return PointFeatures(global_=global_, local=None, centres=points)
-        h = self._first_decoder_layer(skip, x.amax(dim=1))
+        # the max over points is global_'s first half unless pooling is avg alone: not taken twice
+        context = x.amax(dim=1) if self.pooling == "avg" else global_[:, : x.shape[-1]]
+        h = self._first_decoder_layer(skip, context)
         for layer in self.decoder[1:]:
             h = layer(h)
         return PointFeatures(global_=global_, local=x, centres=points, point_logits=self.classifier(h))
