@@ -95,7 +95,8 @@ def _batch_statistics(x: Tensor, bn: nn.modules.batchnorm._BatchNorm) -> tuple[T
     rows = x.detach().numpy()
     # the backward's reduction with g = x and a pre-activation fixed at 1: the sums of x and x^2
     ones = torch.ones(channels, dtype=x.dtype)
-    _kernels.affine_act_grad_sums(rows, rows, (ones * 0).numpy(), ones.numpy(), 1.0, partial_sum.numpy(), partial_sq.numpy())
+    _kernels.affine_act_grad_sums(rows, rows, (ones * 0).numpy(), ones.numpy(), rows.dtype.type(1), partial_sum.numpy(),
+                                  partial_sq.numpy())
     local = torch.cat([partial_sum.sum(0), partial_sq.sum(0), torch.tensor([float(x.shape[0])], dtype=torch.float64)])
     totals = all_reduce_with_grad(local)  # every process's rows under torchrun; `local` itself otherwise
     count = totals[-1]
@@ -143,6 +144,7 @@ class _BatchNormActCPU(torch.autograd.Function):
                 invstd: Tensor, count: float, slope: float) -> Tensor:
         scale64, shift64 = _scale_and_shift(weight, bias, mean, invstd)
         scale, shift = scale64.to(x.dtype), shift64.to(x.dtype)
+        slope = scale.numpy().dtype.type(slope)  # a scalar of x's dtype: the kernels stay in it
         x = x.detach()
         out = torch.empty_like(x)
         _kernels.affine_act(x.numpy(), scale.numpy(), shift.numpy(), slope, out.numpy())
@@ -174,6 +176,7 @@ class _BatchNormActPoolCPU(torch.autograd.Function):
                 invstd: Tensor, count: float, slope: float, n_batch: int) -> tuple[Tensor, Tensor]:
         scale64, shift64 = _scale_and_shift(weight, bias, mean, invstd)
         scale, shift = scale64.to(x.dtype), shift64.to(x.dtype)
+        slope = scale.numpy().dtype.type(slope)  # a scalar of x's dtype: the kernels stay in it
         x = x.detach()
         best = x.new_empty(n_batch, x.shape[1])
         arg = torch.empty(n_batch, x.shape[1], dtype=torch.int64)
