@@ -85,6 +85,10 @@ def test_only_training_cpu_float_rows_are_fused():
     assert not can_fuse_batch_norm(torch.zeros(3, 4), bn.eval())
     with pytest.raises(ValueError, match="more than 1 value"):
         batch_norm_act(torch.zeros(1, 4), nn.BatchNorm1d(4), "relu")
+    from pretext3d.models.batchnorm_act import fused_batch_norm_act_pool
+
+    with pytest.raises(ValueError, match="10 rows are not 3 clouds"):
+        fused_batch_norm_act_pool(torch.zeros(10, 4), nn.BatchNorm1d(4), 0.0, 3)
 
 
 def assert_same_gradients_and_buffers(net: nn.Module, reference: nn.Module) -> None:
