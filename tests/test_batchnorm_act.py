@@ -11,7 +11,7 @@ from torch import nn
 from pretext3d import _kernels
 from pretext3d.models import PointNet, PointNetPointwise
 from pretext3d.models import layers
-from pretext3d.models.batchnorm_act import can_fuse_batch_norm, fused_batch_norm_act
+from pretext3d.models.batchnorm_act import can_fuse_batch_norm, fused_batch_norm_act, fused_batch_norm_act_pool
 from pretext3d.models.layers import activation, batch_norm_act
 
 pytestmark = pytest.mark.skipif(not _kernels.AVAILABLE, reason="the fused kernels need numba")
@@ -85,8 +85,6 @@ def test_only_training_cpu_float_rows_are_fused():
     assert not can_fuse_batch_norm(torch.zeros(3, 4), bn.eval())
     with pytest.raises(ValueError, match="more than 1 value"):
         batch_norm_act(torch.zeros(1, 4), nn.BatchNorm1d(4), "relu")
-    from pretext3d.models.batchnorm_act import fused_batch_norm_act_pool
-
     with pytest.raises(ValueError, match="10 rows are not 3 clouds"):
         fused_batch_norm_act_pool(torch.zeros(10, 4), nn.BatchNorm1d(4), 0.0, 3)
 
@@ -158,8 +156,6 @@ def test_pooled_max_gradient_goes_to_the_first_winner_by_hand():
     bn = nn.BatchNorm1d(1, eps=0.0)
     x = torch.tensor([[1.0], [5.0], [5.0], [3.0], [3.0], [1.0]], dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
-    from pretext3d.models.batchnorm_act import fused_batch_norm_act_pool
-
     best, mean = fused_batch_norm_act_pool(x, bn, 1.0, 2)
     std = (8 / 3) ** 0.5
     torch.testing.assert_close(best.flatten(), torch.tensor([2 / std, 0.0], dtype=torch.float64))
